@@ -1,0 +1,14 @@
+"""tortie.model: Calico v3 resources, selectors, manifests and datastore key names.
+
+The lowest layer: imports nothing from tortie except ``tortie.errors``. Import the submodule
+you need (importing this package does no work):
+
+- :mod:`tortie.model.resources` - the resource models (IPPool, Node, BGPPeer, ...).
+- :mod:`tortie.model.selector` - Calico label selectors.
+- :mod:`tortie.model.loader` - reading and writing YAML/JSON manifests.
+- :mod:`tortie.model.kinds` - kind names and aliases (``ippools``, ``wep``, ...).
+- :mod:`tortie.model.keys` - datastore keys.
+- :mod:`tortie.model.validation` - checks across resources (overlapping pools, ...).
+- :mod:`tortie.model.errors` - ModelError, ValidationError, SelectorError.
+- :mod:`tortie.model.fields` - scalar checks (names, AS numbers, durations, CIDRs).
+"""
