@@ -1,1 +1,22 @@
-"""tortie.dataplane."""
+"""tortie.dataplane: the kernel side of a node (routes, tunl0/IPIP, workload interfaces).
+
+The agent computes desired state and pushes it here; this package programs the kernel and
+reports observed state back. It never reads the datastore or IPAM (import-linter enforces it).
+
+Modules, one job each (import the one you need: this package imports nothing on its own, so
+the CNI plugin can use the stdlib-only helpers without paying for pyroute2):
+
+- ``routes``: RouteSpec (desired), KernelRoute (observed), RouteOp; DEFAULT_PROTO = 80.
+- ``netlink``: the Netlink protocol (the seam), Link, NetlinkError.
+- ``kernel_netlink``: Pyroute2Netlink(netns): the real kernel of one namespace; routes and
+  reads over ``rtnl`` (raw rtnetlink, batched), link/address changes over pyroute2 (lazy).
+- ``fake_netlink``: FakeNetlink, an in-memory kernel for unit tests.
+- ``routetable``: RouteTable, Felix-style reconciler (deltas, mark-and-sweep, grace period).
+- ``ipip`` / ``ipip_kernel`` / ``ipip_bpf``: the IPIPBackend protocol, the ipip-module and
+  tc-BPF backends, and make_ipip_backend(auto|kernel|bpf).
+- ``bpfsys`` (bpf(2) via ctypes), ``bpffs`` (pin filesystem), ``tc`` (filter attach).
+- ``workload``: host-side sysctls/MTU of ``cali*`` interfaces.
+- ``netns``: doing work inside another network namespace; sysctls there.
+
+BPF C sources live in ``bpf/`` at the repository root (``make -C bpf``).
+"""

@@ -1,0 +1,202 @@
+"""An in-memory kernel behind the :class:`~tortie.dataplane.netlink.Netlink` protocol (tests).
+
+Problem: the reconciler's hard cases (foreign routes, routes to devices that do not exist yet,
+a write that fails once, a resync after someone else changed the table) need a kernel that
+behaves like Linux on the points the reconciler depends on, without root.
+
+What it models, as Linux does: route identity (table, dst, tos, metric); ``add`` refuses a
+taken key (EEXIST); ``delete`` matches proto/oif/gateway when given (ESRCH otherwise); a route
+through a missing device fails ENODEV, an onlink route through a down device ENETDOWN;
+deleting a link or setting it down removes the routes through it. What it does not model:
+gateway reachability checks, multipath, address-derived routes.
+
+Test hooks: :attr:`fail` (dst -> errno, until removed), :attr:`fail_once`, :attr:`ops` (every
+write, in order), :attr:`route_writes`, :meth:`add_foreign_route`.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+from ipaddress import IPv4Interface, IPv4Network
+
+from tortie.dataplane.netlink import Link, NetlinkError, SingleRouteOps
+from tortie.dataplane.netns import NetnsRef
+from tortie.dataplane.routes import KernelRoute, RouteOp
+
+RouteKey = tuple[int, IPv4Network, int, int]
+
+
+def _key(route: KernelRoute) -> RouteKey:
+    return (route.table, route.dst, route.tos, route.metric)
+
+
+class FakeNetlink(SingleRouteOps):
+    def __init__(self, *, supports_ipip: bool = False) -> None:
+        self.supports_ipip = supports_ipip
+        self.links: dict[str, Link] = {}
+        self.addrs: dict[str, list[IPv4Interface]] = {}
+        self.routes: dict[RouteKey, KernelRoute] = {}
+        self.fail: dict[IPv4Network, int] = {}
+        self.fail_once: dict[IPv4Network, int] = {}
+        self.ops: list[RouteOp] = []
+        self.link_ops: list[tuple[str, ...]] = []
+        self.route_writes = 0
+        self._index = itertools.count(2)  # 1 is lo
+        self.closed = False
+        self._add_link(Link(index=1, name="lo", kind=None, mtu=65536, up=True, noarp=True))
+
+    # -- test helpers ---------------------------------------------------------------------
+
+    def _add_link(self, link: Link) -> Link:
+        self.links[link.name] = link
+        self.addrs.setdefault(link.name, [])
+        return link
+
+    def add_link(
+        self, name: str, *, kind: str | None = "veth", up: bool = True, mtu: int = 1500
+    ) -> Link:
+        """Create a link directly (as the CNI plugin or an operator would)."""
+        return self._add_link(
+            Link(index=next(self._index), name=name, kind=kind, mtu=mtu, up=up, noarp=False)
+        )
+
+    def add_foreign_route(self, route: KernelRoute) -> None:
+        """Put a route in place without counting it as one of the code-under-test's writes."""
+        self.routes[_key(route)] = route
+
+    def table(self, table: int = 254) -> list[KernelRoute]:
+        return sorted((r for r in self.routes.values() if r.table == table), key=lambda r: r.dst)
+
+    def _by_index(self, index: int) -> Link | None:
+        return next((link for link in self.links.values() if link.index == index), None)
+
+    def _flush_routes_via(self, index: int) -> None:
+        for key in [k for k, r in self.routes.items() if r.oif == index]:
+            del self.routes[key]
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def dump_routes(self, table: int | None = None, proto: int | None = None) -> list[KernelRoute]:
+        return [
+            r
+            for r in self.routes.values()
+            if (table is None or r.table == table) and (proto is None or r.proto == proto)
+        ]
+
+    def route_batch(self, ops: Sequence[RouteOp]) -> list[NetlinkError | None]:
+        return [self._apply(op) for op in ops]
+
+    def _apply(self, op: RouteOp) -> NetlinkError | None:
+        self.ops.append(op)
+        self.route_writes += 1
+        route = op.route
+        code = self.fail.get(route.dst) or self.fail_once.pop(route.dst, 0)
+        if code:
+            return NetlinkError(code)
+        key = _key(route)
+        if op.action == "delete":
+            have = self.routes.get(key)
+            if (
+                have is None
+                or (route.proto and have.proto != route.proto)
+                or (route.oif is not None and have.oif != route.oif)
+                or (route.gateway is not None and have.gateway != route.gateway)
+            ):
+                return NetlinkError(errno.ESRCH)
+            del self.routes[key]
+            return None
+        if route.oif is not None:
+            link = self._by_index(route.oif)
+            if link is None:
+                return NetlinkError(errno.ENODEV)
+            if route.onlink and not link.up:
+                return NetlinkError(errno.ENETDOWN, "Nexthop device is not up")
+        if op.action == "add" and key in self.routes:
+            return NetlinkError(errno.EEXIST)
+        self.routes[key] = route
+        return None
+
+    # -- links ----------------------------------------------------------------------------
+
+    def list_links(self) -> list[Link]:
+        return list(self.links.values())
+
+    def get_link(self, name: str) -> Link | None:
+        return self.links.get(name)
+
+    def _need(self, name: str) -> Link:
+        link = self.links.get(name)
+        if link is None:
+            raise NetlinkError(errno.ENODEV)
+        return link
+
+    def create_veth(
+        self, name: str, peer: str, *, peer_netns: NetnsRef = None, mtu: int | None = None
+    ) -> None:
+        self.link_ops.append(("create_veth", name, peer))
+        if name in self.links or (peer_netns is None and peer in self.links):
+            raise NetlinkError(errno.EEXIST)
+        self.add_link(name, up=False, mtu=mtu or 1500)
+        if peer_netns is None:
+            self.add_link(peer, up=False, mtu=mtu or 1500)
+
+    def create_ipip(self, name: str) -> None:
+        self.link_ops.append(("create_ipip", name))
+        if not self.supports_ipip:
+            raise NetlinkError(errno.EOPNOTSUPP)
+        if name in self.links:
+            raise NetlinkError(errno.EEXIST)
+        self.add_link(name, kind="ipip", up=False, mtu=1480)
+
+    def delete_link(self, name: str) -> None:
+        self.link_ops.append(("delete_link", name))
+        link = self._need(name)
+        self._flush_routes_via(link.index)
+        del self.links[name]
+        self.addrs.pop(name, None)
+
+    def set_link(
+        self,
+        name: str,
+        *,
+        up: bool | None = None,
+        mtu: int | None = None,
+        arp: bool | None = None,
+    ) -> None:
+        link = self._need(name)
+        self.link_ops.append(("set_link", name, f"up={up} mtu={mtu} arp={arp}"))
+        new = replace(
+            link,
+            up=link.up if up is None else up,
+            mtu=link.mtu if mtu is None else mtu,
+            noarp=link.noarp if arp is None else not arp,
+        )
+        self.links[name] = new
+        if link.up and not new.up:
+            self._flush_routes_via(link.index)
+
+    # -- addresses ------------------------------------------------------------------------
+
+    def list_addrs(self, name: str) -> list[IPv4Interface]:
+        self._need(name)
+        return list(self.addrs[name])
+
+    def add_addr(self, name: str, addr: IPv4Interface) -> None:
+        self._need(name)
+        self.link_ops.append(("add_addr", name, str(addr)))
+        if any(a.ip == addr.ip for a in self.addrs[name]):
+            raise NetlinkError(errno.EEXIST)
+        self.addrs[name].append(addr)
+
+    def del_addr(self, name: str, addr: IPv4Interface) -> None:
+        self._need(name)
+        self.link_ops.append(("del_addr", name, str(addr)))
+        if addr not in self.addrs[name]:
+            raise NetlinkError(errno.EADDRNOTAVAIL)
+        self.addrs[name].remove(addr)
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,326 @@
+"""The ``bpf`` IPIP backend: tc-BPF encapsulation behind a placeholder tunl0 (no ipip module).
+
+Problem: these kernels have no ipip module, so no tunl0. We keep Calico's routes unchanged
+(``<block> via <nodeIP> dev tunl0 onlink``) and make ``tunl0`` one end of a veth pair with ARP
+off; ``bpf/ipip.c`` encapsulates on tunl0's tc egress and decapsulates on the uplink's tc
+ingress (only from known node IPs: the allowlist map). See that file for the packet path.
+
+Layout (one node, one pin directory, on a bpffs of its own if need be)::
+
+    <pin_dir>/ipip-<sha256(ipip.o)[:16]>/ipip_encap, ipip_decap       programs
+    <pin_dir>/ipip-<...>/maps/ipip_config, ipip_allow, ipip_stats       maps
+
+Naming the directory by the object's hash makes "already loaded" a path check, and an upgrade
+(a new object) loads next to the old one, copies the allowlist over, swaps the tc filters
+atomically, then unpins the old version.
+
+Invariants: :meth:`BpfIPIP.ensure_device` on a node that is already set up changes nothing and
+reports nothing (no reload, no re-attach, no map write: restart safety); the config and
+allowlist maps are written before the programs are attached, so an attached program never
+runs unconfigured; the maps are reconciled to the desired state (extra keys deleted).
+
+Hazards: the counters (ipip_stats) restart from zero on an upgrade. The placeholder's peer
+(``tunl0p``) must never carry traffic: the encap program drops what it cannot encapsulate and
+the peer has forwarding off. Loading needs ``bpftool`` (Debian's bpftool package) and a built
+object (``make -C bpf``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from tortie.dataplane import bpffs, tc
+from tortie.dataplane.bpfsys import PinnedMap, prog_id
+from tortie.dataplane.ipip import TUNNEL_DEVICE, IPIPError, TunnelAddr, ensure_tunnel_address
+from tortie.dataplane.netlink import Link, Netlink
+from tortie.dataplane.netns import NetnsRef, ensure_sysctls
+
+log = logging.getLogger(__name__)
+
+PEER_SUFFIX = "p"
+# Index order of the ipip_stats map: keep in sync with the enum in bpf/ipip.c.
+COUNTERS = (
+    "encap_ok",
+    "encap_drop_not_ipv4",
+    "encap_drop_no_route",
+    "encap_drop_error",
+    "decap_ok",
+    "decap_drop_unknown_src",
+    "decap_drop_malformed",
+    "decap_pass_not_ours",
+    "decap_drop_error",
+)
+_CONFIG = struct.Struct("=4sI6sH")  # struct ipip_config
+_KEY0 = struct.pack("=I", 0)
+_ALLOWED = struct.pack("=I", 1)
+OBJECT_ENV = "TORTIE_BPF_OBJECT"
+
+
+def default_bpf_object() -> Path:
+    """``$TORTIE_BPF_OBJECT``, else the checkout's ``bpf/build/ipip.o`` (``make -C bpf``)."""
+    env = os.environ.get(OBJECT_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "bpf" / "build" / "ipip.o"
+
+
+@dataclass(frozen=True, slots=True)
+class Pins:
+    """Where one version of the programs and maps is pinned."""
+
+    dir: Path
+
+    @property
+    def encap(self) -> Path:
+        return self.dir / "ipip_encap"
+
+    @property
+    def decap(self) -> Path:
+        return self.dir / "ipip_decap"
+
+    def map(self, name: str) -> Path:
+        return self.dir / "maps" / name
+
+    def complete(self) -> bool:
+        paths = [self.encap, self.decap] + [
+            self.map(n) for n in ("ipip_config", "ipip_allow", "ipip_stats")
+        ]
+        return all(p.exists() for p in paths)
+
+
+def _unpin(path: Path) -> None:
+    """Remove a pin directory tree (unlinking a pin drops the reference, not the object)."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    os.rmdir(path)
+
+
+class BpfIPIP:
+    name = "bpf"
+
+    def __init__(
+        self,
+        netlink: Netlink,
+        *,
+        node_ip: IPv4Address,
+        uplink: str,
+        pin_dir: Path,
+        netns: NetnsRef = None,
+        bpf_object: Path | None = None,
+        device: str = TUNNEL_DEVICE,
+        peer: str | None = None,
+        bpftool: str = "bpftool",
+    ) -> None:
+        self.netlink = netlink
+        self.node_ip = node_ip
+        self.uplink = uplink
+        self.pin_dir = Path(pin_dir)
+        self.netns = netns
+        self.bpf_object = Path(bpf_object) if bpf_object is not None else default_bpf_object()
+        self.device = device
+        self.peer = peer or device + PEER_SUFFIX
+        self.bpftool = bpftool
+        self._known: frozenset[IPv4Address] | None = None
+        self._pins: Pins | None = None
+
+    # -- the placeholder device -------------------------------------------------------------
+
+    def _ensure_links(self, mtu: int) -> list[str]:
+        changes = []
+        link = self.netlink.get_link(self.device)
+        if link is None:
+            self.netlink.create_veth(self.device, self.peer, mtu=mtu)
+            changes.append(f"created placeholder {self.device} (veth, peer {self.peer})")
+        elif link.kind != "veth":
+            raise IPIPError(
+                f"{self.device} exists as {link.kind or 'a non-veth device'}: "
+                "not a bpf placeholder (use the kernel backend)"
+            )
+        for name in (self.device, self.peer):
+            current = self.netlink.get_link(name)
+            if current is None:
+                raise IPIPError(f"{self.device}'s peer {name} is missing")
+            changes += self._configure(current, mtu)
+        changes += ensure_sysctls(
+            {
+                # fib lookups from tunl0 and forwarding decapsulated packets need it on.
+                f"net/ipv4/conf/{self.device}/forwarding": "1",
+                # The peer must never forward anything that leaks through.
+                f"net/ipv4/conf/{self.peer}/forwarding": "0",
+                # No IPv6 chatter (ND, MLD) on either end: the encap program would drop it.
+                f"net/ipv6/conf/{self.device}/disable_ipv6": "1",
+                f"net/ipv6/conf/{self.peer}/disable_ipv6": "1",
+            },
+            self.netns,
+            missing_ok=True,
+        )
+        return changes
+
+    def _configure(self, link: Link, mtu: int) -> list[str]:
+        changes = []
+        if link.mtu != mtu:
+            self.netlink.set_link(link.name, mtu=mtu)
+            changes.append(f"{link.name} mtu {link.mtu} -> {mtu}")
+        if not link.noarp:
+            self.netlink.set_link(link.name, arp=False)
+            changes.append(f"{link.name} arp off")
+        if not link.up:
+            self.netlink.set_link(link.name, up=True)
+            changes.append(f"{link.name} up")
+        return changes
+
+    # -- programs and maps ------------------------------------------------------------------
+
+    def _pins_for_object(self) -> Pins:
+        try:
+            digest = hashlib.sha256(self.bpf_object.read_bytes()).hexdigest()[:16]
+        except FileNotFoundError as exc:
+            raise IPIPError(f"BPF object {self.bpf_object} missing: run `make -C bpf`") from exc
+        return Pins(self.pin_dir / f"ipip-{digest}")
+
+    def _ensure_loaded(self) -> tuple[Pins, list[str]]:
+        bpffs.ensure_bpffs(self.pin_dir)
+        pins = self._pins_for_object()
+        if pins.complete():
+            return pins, []
+        if pins.dir.exists():
+            _unpin(pins.dir)  # a load that died half-way
+        if shutil.which(self.bpftool) is None:
+            raise IPIPError(f"{self.bpftool} not found (Debian package bpftool)")
+        cmd = [
+            self.bpftool, "prog", "loadall", str(self.bpf_object), str(pins.dir),
+            "type", "classifier", "pinmaps", str(pins.dir / "maps"),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not pins.complete():
+            raise IPIPError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}")
+        changes = [f"loaded {self.bpf_object.name} into {pins.dir}"]
+        changes += self._inherit_allowlist(pins)
+        return pins, changes
+
+    def _older_versions(self, current: Pins) -> list[Pins]:
+        return [
+            Pins(p) for p in sorted(self.pin_dir.glob("ipip-*")) if p.is_dir() and p != current.dir
+        ]
+
+    def _inherit_allowlist(self, pins: Pins) -> list[str]:
+        """After an upgrade, start from the previous version's allowlist (until told)."""
+        if self._known is not None:
+            return []
+        for old in self._older_versions(pins):
+            path = old.map("ipip_allow")
+            if path.exists():
+                with PinnedMap(path) as src, PinnedMap(pins.map("ipip_allow")) as dst:
+                    keys = list(src)
+                    for key in keys:
+                        dst.update(key, _ALLOWED)
+                return [f"copied {len(keys)} allowlist entries from {old.dir.name}"]
+        return []
+
+    def _ensure_config(self, pins: Pins) -> list[str]:
+        link = self.netlink.get_link(self.device)
+        if link is None or link.mac is None:
+            raise IPIPError(f"{self.device} vanished")
+        mac = bytes.fromhex(link.mac.replace(":", ""))
+        value = _CONFIG.pack(self.node_ip.packed, link.index, mac, 0)
+        with PinnedMap(pins.map("ipip_config")) as config:
+            if config.lookup(_KEY0) == value:
+                return []
+            config.update(_KEY0, value)
+        return [f"config: node {self.node_ip}, {self.device} ifindex {link.index}"]
+
+    def _sync_allowlist(self, pins: Pins) -> list[str]:
+        if self._known is None:
+            return []
+        want = {ip.packed for ip in self._known}
+        with PinnedMap(pins.map("ipip_allow")) as allow:
+            have = set(allow)
+            for key in have - want:
+                allow.delete(key)
+            for key in want - have:
+                allow.update(key, _ALLOWED)
+        added, removed = len(want - have), len(have - want)
+        return [f"allowlist +{added} -{removed}"] if added or removed else []
+
+    # -- IPIPBackend -------------------------------------------------------------------------
+
+    def ensure_device(self, mtu: int, tunnel_addr: TunnelAddr = None) -> list[str]:
+        """Placeholder tunl0, address, programs, maps and tc filters; returns what changed.
+
+        On agent start call :meth:`set_known_nodes` first: if the programs have to be (re)loaded
+        (pins lost, new object), they are then attached with the full allowlist already in
+        place and no node's traffic is dropped meanwhile.
+        """
+        changes = self._ensure_links(mtu)
+        changes += ensure_tunnel_address(self.netlink, self.device, tunnel_addr)
+        pins, loaded = self._ensure_loaded()
+        changes += loaded
+        # Maps first, programs second: an attached program never runs unconfigured.
+        changes += self._ensure_config(pins)
+        changes += self._sync_allowlist(pins)
+        hooks: list[tuple[str, tc.Direction, Path]] = [
+            (self.device, "egress", pins.encap),
+            (self.uplink, "ingress", pins.decap),
+        ]
+        for dev, direction, prog in hooks:
+            if tc.ensure_bpf_filter(dev, direction, str(prog), prog_id(prog), self.netns):
+                changes.append(f"attached {prog.name} to {dev} {direction}")
+        for old in self._older_versions(pins):
+            _unpin(old.dir)
+            changes.append(f"unpinned {old.dir.name}")
+        self._pins = pins
+        if changes:
+            log.info("bpf ipip on %s: %s", self.device, "; ".join(changes))
+        return changes
+
+    def set_known_nodes(self, node_ips: Iterable[IPv4Address]) -> list[str]:
+        """Reconcile the decap allowlist map to exactly ``node_ips`` (about 4 us per change)."""
+        self._known = frozenset(node_ips)
+        if self._pins is None:
+            # Not set up yet: ensure_device writes the set before attaching anything.
+            return []
+        return self._sync_allowlist(self._pins)
+
+    def known_nodes(self) -> set[IPv4Address]:
+        """What the kernel's allowlist holds now."""
+        pins = self._pins or self._pins_for_object()
+        with PinnedMap(pins.map("ipip_allow")) as allow:
+            return {IPv4Address(key) for key in allow}
+
+    def counters(self) -> dict[str, int]:
+        pins = self._pins or self._pins_for_object()
+        if not pins.complete():
+            return {}
+        with PinnedMap(pins.map("ipip_stats")) as stats:
+            return {
+                name: stats.sum_percpu_u64(struct.pack("=I", index))
+                for index, name in enumerate(COUNTERS)
+            }
+
+    def remove(self) -> list[str]:
+        changes = []
+        if self.netlink.get_link(self.uplink) is not None and tc.remove_bpf_filter(
+            self.uplink, "ingress", self.netns
+        ):
+            changes.append(f"detached decap from {self.uplink}")
+        if self.netlink.get_link(self.device) is not None:
+            self.netlink.delete_link(self.device)  # takes the peer and the egress filter along
+            changes.append(f"deleted {self.device}")
+        if self.pin_dir.exists() and bpffs.is_bpffs(self.pin_dir):
+            for old in self.pin_dir.glob("ipip-*"):
+                _unpin(old)
+                changes.append(f"unpinned {old.name}")
+        self._pins = None
+        return changes

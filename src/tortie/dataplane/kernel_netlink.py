@@ -1,0 +1,156 @@
+"""The real :class:`~tortie.dataplane.netlink.Netlink`: one network namespace of this kernel.
+
+Problem: routes are hot (10,000 per resync) and links/addresses are cold (a few per pod), and
+the CNI plugin may import dataplane helpers on its per-pod fast path. So routes and all reads
+use the stdlib :class:`~tortie.dataplane.rtnl.RtnlSocket`; link and address changes use pyroute2
+(nested veth/peer-netns messages), imported on first use only (its import alone costs about
+0.2 s).
+
+Invariants: both sockets live in the namespace given at construction and nowhere else.
+pyroute2 is always told ``flags=0`` so a mistyped namespace is an error, not a new empty
+namespace (its default is to create missing ones).
+
+Hazards: pyroute2 0.9 opens one socket per calling thread (forking a helper to enter the
+namespace); use one instance from one thread, as the agent's single reconciler loop does.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Interface
+from typing import Any, TypeVar
+
+from tortie.dataplane.netlink import Link, NetlinkError, SingleRouteOps
+from tortie.dataplane.netns import NetnsRef, netns_path
+from tortie.dataplane.routes import KernelRoute, RouteOp
+from tortie.dataplane.rtnl import RtnlSocket
+
+T = TypeVar("T")
+
+
+class Pyroute2Netlink(SingleRouteOps):
+    """Netlink for namespace ``netns`` (a name under /run/netns, a path, or None for ours)."""
+
+    def __init__(self, netns: NetnsRef = None) -> None:
+        self.netns = netns
+        self._rtnl = RtnlSocket(netns)
+        self._ipr: Any = None
+
+    @property
+    def route_writes(self) -> int:
+        """Route write messages sent so far (benchmarks and tests count them)."""
+        return self._rtnl.writes
+
+    def close(self) -> None:
+        self._rtnl.close()
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def __enter__(self) -> Pyroute2Netlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- routes and reads: raw rtnetlink ------------------------------------------------------
+
+    def dump_routes(self, table: int | None = None, proto: int | None = None) -> list[KernelRoute]:
+        return self._rtnl.dump_routes(table, proto)
+
+    def route_batch(self, ops: Sequence[RouteOp]) -> list[NetlinkError | None]:
+        return self._rtnl.route_batch(ops)
+
+    def list_links(self) -> list[Link]:
+        return self._rtnl.dump_links()
+
+    def get_link(self, name: str) -> Link | None:
+        return self._rtnl.get_link(name)
+
+    def list_addrs(self, name: str) -> list[IPv4Interface]:
+        return [addr for _index, addr in self._rtnl.dump_addrs(self._index(name))]
+
+    # -- link and address changes: pyroute2 ----------------------------------------------------
+
+    def _pyroute2(self) -> Any:  # pyroute2.IPRoute (untyped)
+        if self._ipr is None:
+            # Lazy: importing pyroute2 alone costs about 0.2 s.
+            from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+            path = netns_path(self.netns)
+            self._ipr = IPRoute(netns=path, flags=0) if path is not None else IPRoute()
+        return self._ipr
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
+            NetlinkError as Pyroute2Error,
+        )
+
+        try:
+            return fn(self._pyroute2())
+        except Pyroute2Error as exc:
+            raise NetlinkError(exc.code, str(exc)) from exc
+
+    def _index(self, name: str) -> int:
+        link = self._rtnl.get_link(name)
+        if link is None:
+            raise NetlinkError(errno.ENODEV, f"no such device: {name}")
+        return link.index
+
+    def create_veth(
+        self, name: str, peer: str, *, peer_netns: NetnsRef = None, mtu: int | None = None
+    ) -> None:
+        peer_spec: dict[str, Any] = {"ifname": peer}
+        link_args: dict[str, Any] = {}
+        if mtu is not None:
+            peer_spec["mtu"] = mtu
+            link_args["mtu"] = mtu
+        peer_path = netns_path(peer_netns)
+        if peer_path is not None:
+            peer_spec["net_ns_fd"] = peer_path
+        self._call(
+            lambda ipr: ipr.link("add", ifname=name, kind="veth", peer=peer_spec, **link_args)
+        )
+
+    def create_ipip(self, name: str) -> None:
+        self._call(lambda ipr: ipr.link("add", ifname=name, kind="ipip"))
+
+    def delete_link(self, name: str) -> None:
+        index = self._index(name)
+        self._call(lambda ipr: ipr.link("del", index=index))
+
+    def set_link(
+        self,
+        name: str,
+        *,
+        up: bool | None = None,
+        mtu: int | None = None,
+        arp: bool | None = None,
+    ) -> None:
+        index = self._index(name)
+        changes: dict[str, Any] = {}
+        if mtu is not None:
+            changes["mtu"] = mtu
+        if arp is not None:
+            changes["arp"] = arp
+        if up is not None:
+            changes["state"] = "up" if up else "down"
+        if changes:
+            self._call(lambda ipr: ipr.link("set", index=index, **changes))
+
+    def add_addr(self, name: str, addr: IPv4Interface) -> None:
+        index = self._index(name)
+        self._call(
+            lambda ipr: ipr.addr(
+                "add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
+            )
+        )
+
+    def del_addr(self, name: str, addr: IPv4Interface) -> None:
+        index = self._index(name)
+        self._call(
+            lambda ipr: ipr.addr(
+                "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
+            )
+        )
