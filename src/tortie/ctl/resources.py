@@ -1,0 +1,203 @@
+"""``tortie apply|create|replace|delete|get``: calicoctl's resource commands.
+
+Invariant: input is fully parsed and validated before anything is written, and the write is
+one all-or-nothing datastore transaction (see :mod:`tortie.datastore.resources`), so a bad
+document anywhere in the input changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tortie.ctl.common import open_store
+from tortie.ctl.tables import table
+from tortie.datastore.resources import ResourceStore
+from tortie.errors import TortieError
+from tortie.model.errors import ValidationError
+from tortie.model.kinds import is_namespaced, resolve_kind
+from tortie.model.loader import dump_documents, load_documents
+from tortie.model.resources import Resource
+
+_YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class InputError(TortieError):
+    pass
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, helptext, func in (
+        ("apply", "create or replace resources from a file", _apply),
+        ("create", "create resources from a file (fails if any exists)", _create),
+        ("replace", "replace existing resources from a file", _replace),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument(
+            "-f",
+            "--filename",
+            required=True,
+            metavar="FILE",
+            help="YAML or JSON file, a directory of them, or - for stdin",
+        )
+        p.set_defaults(func=func)
+
+    d = sub.add_parser("delete", help="delete resources by KIND NAME or from a file")
+    d.add_argument("kind", nargs="?", help="resource kind, e.g. ippool")
+    d.add_argument("names", nargs="*", metavar="NAME")
+    d.add_argument("-f", "--filename", metavar="FILE")
+    d.add_argument("-n", "--namespace", help="namespace of namespaced kinds (default: default)")
+    d.add_argument(
+        "--skip-not-exists", action="store_true", help="do not fail on resources that are absent"
+    )
+    d.set_defaults(func=_delete)
+
+    g = sub.add_parser("get", help="show resources")
+    g.add_argument("kind", help="resource kind, e.g. ippools, nodes, bgppeers")
+    g.add_argument("names", nargs="*", metavar="NAME")
+    g.add_argument(
+        "-o",
+        "--output",
+        default="table",
+        choices=("table", "wide", "yaml", "json"),
+        help="output format (default: table)",
+    )
+    g.add_argument("-n", "--namespace", help="namespace of namespaced kinds (default: default)")
+    g.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
+    g.set_defaults(func=_get)
+
+
+# -- input ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Input:
+    """Parsed resources and the file each came from (to name it in set-level errors)."""
+
+    resources: list[Resource]
+    sources: dict[tuple[str, str | None, str], str]
+
+    def explain(self, err: ValidationError) -> ValidationError:
+        """Add the file name to an error raised after parsing (e.g. overlapping pools)."""
+        if err.kind and err.name:
+            for (kind, _ns, name), source in self.sources.items():
+                if kind == err.kind and name == err.name:
+                    return err.with_context(source=source)
+        return err
+
+
+def read_resources(filename: str) -> Input:
+    """Parse every document of a file, a directory or stdin (``-``); raise on any error."""
+    if filename == "-":
+        texts = [("<stdin>", sys.stdin.read())]
+    else:
+        path = Path(filename)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in _YAML_SUFFIXES)
+            if not files:
+                raise InputError(f"{filename}: directory has no .yaml, .yml or .json files")
+        else:
+            files = [path]
+        texts = [(str(f), _read_text(f)) for f in files]
+    resources: list[Resource] = []
+    sources: dict[tuple[str, str | None, str], str] = {}
+    for source, text in texts:
+        for res in load_documents(text, source):
+            resources.append(res)
+            sources.setdefault(res.identity, source)
+    if not resources:
+        raise InputError(f"{filename}: no resources found")
+    return Input(resources, sources)
+
+
+def _read_text(f: Path) -> str:
+    try:
+        return f.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise InputError(f"{f}: no such file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{f}: cannot read: {err}") from err
+
+
+_WRITERS: dict[str, Callable[[ResourceStore, Sequence[Resource]], list[Resource]]] = {
+    "applied": ResourceStore.apply,
+    "created": ResourceStore.create,
+    "replaced": ResourceStore.replace,
+}
+
+
+def _write(args: argparse.Namespace, verb: str) -> int:
+    given = read_resources(args.filename)
+    try:
+        _WRITERS[verb](ResourceStore(open_store(args)), given.resources)
+    except ValidationError as err:
+        raise given.explain(err) from None
+    print(f"Successfully {verb} {len(given.resources)} resource(s)")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    return _write(args, "applied")
+
+
+def _create(args: argparse.Namespace) -> int:
+    return _write(args, "created")
+
+
+def _replace(args: argparse.Namespace) -> int:
+    return _write(args, "replaced")
+
+
+def _namespace_for(cls: type[Resource], namespace: str | None) -> str | None:
+    if not is_namespaced(cls):
+        if namespace:
+            raise InputError(f"{cls.KIND} is not namespaced; drop -n/--namespace")
+        return None
+    return namespace or "default"
+
+
+def _delete(args: argparse.Namespace) -> int:
+    if args.filename:
+        if args.kind:
+            raise InputError("give either -f FILE or KIND NAME, not both")
+        given = read_resources(args.filename)
+        deleted = ResourceStore(open_store(args)).delete_many(
+            given.resources, skip_missing=args.skip_not_exists
+        )
+        print(f"Successfully deleted {len(deleted)} resource(s)")
+        return 0
+    if not args.kind or not args.names:
+        raise InputError(
+            "say what to delete: 'tortie delete KIND NAME...' or 'tortie delete -f FILE'"
+        )
+    cls = resolve_kind(args.kind)
+    ns = _namespace_for(cls, args.namespace)
+    rs = ResourceStore(open_store(args))
+    if args.skip_not_exists:
+        targets = [r for name in args.names if (r := rs.get(cls, name, ns)) is not None]
+    else:
+        targets = [rs.require(cls, name, ns) for name in args.names]
+    deleted = rs.delete_many(targets, skip_missing=args.skip_not_exists)
+    print(f"Successfully deleted {len(deleted)} resource(s)")
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    cls = resolve_kind(args.kind)
+    namespaced = is_namespaced(cls)
+    if args.all_namespaces and not namespaced:
+        raise InputError(f"{cls.KIND} is not namespaced; drop -A/--all-namespaces")
+    ns = None if args.all_namespaces else _namespace_for(cls, args.namespace)
+    rs = ResourceStore(open_store(args))
+    if args.names:
+        found: list[Resource] = [rs.require(cls, name, ns) for name in args.names]
+    else:
+        found = list(rs.list(cls, ns))
+    if args.output in ("table", "wide"):
+        sys.stdout.write(table(found, cls, args.output == "wide", namespaced))
+        return 0
+    single = bool(args.names) and len(found) == 1
+    text = dump_documents(found, args.output, single=single, kind=cls.KIND)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
