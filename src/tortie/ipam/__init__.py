@@ -8,7 +8,8 @@ Modules, one job each: ``client`` (the API), ``assign`` (auto-assign order, spec
 addresses), ``release`` (by handle / address, guarded), ``affinity`` (two-phase block claim
 and release), ``block`` (pure block bookkeeping), ``pools`` (pool choice, block carving),
 ``store`` (typed reads, CAS retry loop), ``view`` (pools, nodes, config, endpoints),
-``check`` and ``gc`` (leaks), ``usage`` (``ipam show``), ``clock``, ``errors``.
+``check`` and ``gc`` (leaks), ``usage`` (``ipam show``), ``clock``, ``errors``, and
+``loadgen`` (concurrent load for the benchmark and the multi-process tests).
 
 Invariants and hazards are stated in each module; the stored shapes and key layout are in
 :mod:`tortie.model.ipam`.
