@@ -1,0 +1,422 @@
+"""The node agent's reconciler: one loop owns the state and converges the kernel to it.
+
+Problem: the datastore says what the cluster looks like (pools and their modes, nodes,
+block affinities, borrowed addresses, local workloads); this node's kernel must hold the
+matching routes, tunnel device and workload settings, and keep holding them through agent
+restarts, datastore outages, foreign changes and partial failures.
+
+Design (Felix's, see felix/design/dataplane.md):
+- The datastore syncer (a thread) only enqueues events; this loop is the only writer of
+  :class:`ClusterState` and the only caller into the dataplane. Bursts are coalesced: the
+  loop drains everything queued before computing once.
+- No kernel write happens before the syncer has reported in-sync: a half-read datastore
+  would look like "delete most routes".
+- The first apply is the route table's mark-and-sweep: it dumps the kernel and removes only
+  what is ours (route protocol, ``cali*`` routes after their grace period). A restarted agent
+  finding the kernel already right writes nothing.
+- Periodic resync (jittered +-10%, so a fleet does not resync in lockstep) re-dumps the
+  kernel and re-asserts workload sysctls; failures are retried per item with backoff, the
+  rest are applied regardless.
+
+Hazards: IPAM calls (tunnel address) write to the datastore from this loop; they happen only
+when the pool set changes or a previous attempt failed, never on every pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+from tortie.agent.config import AgentConfig, NodeAddress
+from tortie.agent.desired import (
+    DesiredRoutes,
+    LocalNode,
+    PoolInfo,
+    RemotePrefix,
+    Workload,
+    compute_routes,
+    tunnel_wanted,
+)
+from tortie.agent.health import Health, HealthBoard
+from tortie.agent.registration import register_node
+from tortie.agent.state import ClusterState
+from tortie.dataplane.ipip import IPIP_OVERHEAD, IPIPBackend
+from tortie.dataplane.netlink import Netlink
+from tortie.dataplane.routetable import ApplyResult, RouteTable
+from tortie.dataplane.workload import configure_workload_interface
+from tortie.datastore.api import Datastore
+from tortie.datastore.resources import ResourceStore
+from tortie.datastore.syncer import Syncer, SyncEvent
+from tortie.errors import TortieError
+from tortie.ipam.client import IPAM
+
+log = logging.getLogger(__name__)
+
+SYNC_PREFIX = "/tortie/"
+VXLAN_OVERHEAD = 50
+MAX_EVENTS_PER_PASS = 10_000
+RETRY_MIN = 0.5
+RETRY_MAX = 30.0
+IPAM_GC_INTERVAL = 300.0
+
+BackendFactory = Callable[[], tuple[IPIPBackend, str]]
+
+
+@dataclass
+class Counters:
+    passes: int = 0
+    route_writes: int = 0
+    route_failures: int = 0
+    resyncs: int = 0
+    dataplane_errors: int = 0
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        store: Datastore,
+        netlink: Netlink,
+        address: NodeAddress,
+        backend_factory: BackendFactory,
+        *,
+        ipam: IPAM | None = None,
+        board: HealthBoard | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.netlink = netlink
+        self.address = address
+        self.local = LocalNode(cfg.node_name, address.address, address.uplink)
+        self.resources = ResourceStore(store)
+        self.ipam = ipam or IPAM(store)
+        self.board = board or HealthBoard()
+        self.state = ClusterState(cfg.node_name)
+        self.routes = RouteTable(
+            netlink,
+            proto=cfg.route_protocol,
+            cni_grace_period=cfg.cni_grace_period,
+            clock=clock,
+        )
+        self.events: queue.Queue[SyncEvent] = queue.Queue()
+        self.counters = Counters()
+        self._backend_factory = backend_factory
+        self._backend: IPIPBackend | None = None
+        self.backend_reason = ""
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._pools_signature: tuple[tuple[str, str], ...] | None = None
+        self._tunnel_addr: IPv4Address | None = None
+        self._configured_ifaces: set[str] = set()
+        self._retry_at: float | None = None
+        self._retry_delay = RETRY_MIN
+        self._resync_at = 0.0
+        self._gc_at = 0.0
+        self._converged = False
+        self._detail = "waiting for the datastore"
+        self.last_desired = DesiredRoutes()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_sync_event(self, event: SyncEvent) -> None:
+        """Syncer thread callback: enqueue only."""
+        self.events.put(event)
+
+    def register(self) -> None:
+        register_node(
+            self.resources,
+            self.cfg.node_name,
+            self.address.address,
+            as_number=self.cfg.as_number,
+            labels=self.cfg.labels or None,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        syncer = Syncer(self.store, SYNC_PREFIX, self.on_sync_event, name="agent-syncer")
+        syncer.start()
+        now = self._clock()
+        self._resync_at = now + self._jittered(self.cfg.resync_interval)
+        self._gc_at = now + self._jittered(IPAM_GC_INTERVAL)
+        try:
+            while not stop.is_set():
+                self.run_once(timeout=self._timeout())
+        finally:
+            syncer.stop()
+
+    def run_once(self, timeout: float = 0.0) -> None:
+        """One pass: fold queued events, then reconcile if anything is due."""
+        self._fold(timeout)
+        self.counters.passes += 1
+        if self.state.in_sync:
+            now = self._clock()
+            resync = now >= self._resync_at
+            if resync:
+                self._resync_at = now + self._jittered(self.cfg.resync_interval)
+                self.routes.queue_resync()
+                self._configured_ifaces.clear()
+                self.counters.resyncs += 1
+            retry = self._retry_at is not None and now >= self._retry_at
+            if self.state.dirty or resync or retry:
+                self.reconcile()
+            if now >= self._gc_at:
+                self._gc_at = now + self._jittered(IPAM_GC_INTERVAL)
+                self._ipam_gc()
+        self._publish()
+
+    # -- the reconcile pass ---------------------------------------------------------------
+    def reconcile(self) -> ApplyResult | None:
+        self.state.dirty = False
+        problems: list[str] = []
+        pools = [
+            PoolInfo(IPv4Network(p.spec.cidr), p.spec.ipip_mode, p.spec.vxlan_mode)
+            for p in self.state.pools.values()
+            if p.ip_version == 4
+        ]
+        want_tunnel = tunnel_wanted(pools)
+        signature = tuple(sorted((str(p.cidr), p.ipip_mode) for p in pools))
+        if signature != self._pools_signature:
+            try:
+                self._sync_tunnel_address()
+                self._pools_signature = signature
+            except TortieError as err:
+                problems.append(f"tunnel address: {err}")
+        try:
+            self._sync_tunnel_device(want_tunnel)
+        except (TortieError, OSError, RuntimeError) as err:
+            problems.append(f"tunnel device: {err}")
+            self.counters.dataplane_errors += 1
+
+        desired = self._desired_routes(pools)
+        self.last_desired = desired
+        self.routes.set_routes(desired.specs)
+        result = self.routes.apply()
+        self.counters.route_writes += result.writes
+        self.counters.route_failures += len(result.failed)
+        problems += [f"route {f.dst}: {f.message}" for f in result.failed.values()]
+        if result.deferred:
+            problems.append(f"{len(result.deferred)} route(s) wait for their device")
+        self._sync_workload_interfaces()
+        self._write_mtu(pools)
+        self._after_pass(result, problems)
+        return result
+
+    def _desired_routes(self, pools: list[PoolInfo]) -> DesiredRoutes:
+        me = self.cfg.node_name
+        node_ips: dict[str, IPv4Address] = {}
+        for name in self.state.nodes:
+            iface = self.state.node_ipv4(name)
+            if iface is not None:
+                node_ips[name] = iface.ip
+        local_blocks: list[IPv4Network] = []
+        remote: list[RemotePrefix] = []
+        for node, cidr in self.state.confirmed_affinities():
+            if node == me:
+                local_blocks.append(cidr)
+            elif node in node_ips:
+                remote.append(RemotePrefix(cidr, node_ips[node]))
+        for addr, holder in self.state.borrowed():
+            if holder != me and holder in node_ips:
+                remote.append(RemotePrefix(IPv4Network(f"{addr}/32"), node_ips[holder]))
+        workloads = [
+            Workload(IPv4Network(net, strict=False), wep.spec.interface_name)
+            for wep in self.state.local_workloads()
+            if wep.spec.interface_name
+            for net in wep.spec.ip_networks
+            if ":" not in net
+        ]
+        return compute_routes(self.local, pools, local_blocks, remote, workloads)
+
+    def _sync_tunnel_address(self) -> None:
+        """Ensure (or release) our tunnel address in IPAM and record it on our Node."""
+        addr = self.ipam.ensure_tunnel_address(self.cfg.node_name)
+        ip = addr if isinstance(addr, IPv4Address) else None
+        if ip is None:
+            self.ipam.release_tunnel_address(self.cfg.node_name)
+        register_node(
+            self.resources,
+            self.cfg.node_name,
+            self.address.address,
+            as_number=self.cfg.as_number,
+            tunnel_address=ip,
+        )
+        self._tunnel_addr = ip
+
+    def _sync_tunnel_device(self, wanted: bool) -> None:
+        if not wanted:
+            if self._backend is not None:
+                changes = self._backend.remove()
+                if changes:
+                    log.info("IPIP off: %s", "; ".join(changes))
+            return
+        if self._backend is None:
+            self._backend, self.backend_reason = self._backend_factory()
+            log.info("IPIP backend %s (%s)", self._backend.name, self.backend_reason)
+        backend = self._backend
+        others = {
+            iface.ip
+            for name in self.state.nodes
+            if name != self.cfg.node_name and (iface := self.state.node_ipv4(name)) is not None
+        }
+        # Known nodes first: a (re)load then attaches with the full allowlist in place.
+        changes = backend.set_known_nodes(others)
+        tunnel = IPv4Interface(f"{self._tunnel_addr}/32") if self._tunnel_addr else None
+        changes += backend.ensure_device(self.host_mtu() - IPIP_OVERHEAD, tunnel)
+        if changes:
+            log.info("tunnel: %s", "; ".join(changes))
+        self.routes.on_interface_update(backend.device)
+
+    def _sync_workload_interfaces(self) -> None:
+        present = {link.name for link in self.netlink.list_links()}
+        wanted = {
+            wep.spec.interface_name
+            for wep in self.state.local_workloads()
+            if wep.spec.interface_name
+        }
+        for ifname in sorted((wanted & present) - self._configured_ifaces):
+            try:
+                changes = configure_workload_interface(ifname)
+            except OSError as err:
+                log.warning("workload interface %s: %s", ifname, err)
+                continue
+            if changes:
+                log.info("workload %s: %s", ifname, "; ".join(changes))
+            self._configured_ifaces.add(ifname)
+            self.routes.on_interface_update(ifname)
+        self._configured_ifaces &= present
+
+    # -- helpers --------------------------------------------------------------------------
+    def host_mtu(self) -> int:
+        link = self.netlink.get_link(self.address.uplink)
+        return link.mtu if link is not None else 1500
+
+    def pod_mtu(self, pools: list[PoolInfo]) -> int:
+        overhead = 0
+        if any(p.vxlan_mode != "Never" for p in pools):
+            overhead = VXLAN_OVERHEAD
+        elif tunnel_wanted(pools):
+            overhead = IPIP_OVERHEAD
+        return self.host_mtu() - overhead
+
+    def _write_mtu(self, pools: list[PoolInfo]) -> None:
+        path = self.cfg.mtu_file
+        text = f"{self.pod_mtu(pools)}\n"
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return
+        _atomic_write(path, text)
+
+    def _ipam_gc(self) -> None:
+        try:
+            result = self.ipam.gc()
+            self.ipam.release_empty_blocks()
+        except TortieError as err:
+            log.warning("IPAM garbage collection failed: %s", err)
+            return
+        log.debug("IPAM gc: %s", result)
+
+    def _after_pass(self, result: ApplyResult, problems: list[str]) -> None:
+        self._converged = not problems and result.converged
+        if self._converged:
+            self._retry_at = None
+            self._retry_delay = RETRY_MIN
+            self._detail = "ok"
+            return
+        self._detail = "; ".join(problems[:3]) or "routes in their CNI grace period"
+        delay = self._retry_delay
+        if result.retry_after is not None and not problems:
+            delay = max(0.05, result.retry_after)
+        else:
+            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+        self._retry_at = self._clock() + delay
+        if problems:
+            log.warning("not converged (retry in %.1fs): %s", delay, self._detail)
+
+    def _fold(self, timeout: float) -> None:
+        try:
+            first = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return
+        self.state.apply(first)
+        for _ in range(MAX_EVENTS_PER_PASS):
+            try:
+                self.state.apply(self.events.get_nowait())
+            except queue.Empty:
+                return
+
+    def _timeout(self) -> float:
+        now = self._clock()
+        deadlines = [self._resync_at, self._gc_at, now + 1.0]  # 1 s: heartbeat
+        if self._retry_at is not None:
+            deadlines.append(self._retry_at)
+        return max(0.0, min(deadlines) - now)
+
+    def _jittered(self, interval: float) -> float:
+        return interval * self._rng.uniform(0.9, 1.1)
+
+    def _publish(self) -> None:
+        c = self.counters
+        counters: dict[str, float] = {
+            "agent_passes_total": c.passes,
+            "route_writes_total": c.route_writes,
+            "route_failures_total": c.route_failures,
+            "route_resyncs_total": c.resyncs,
+            "dataplane_errors_total": c.dataplane_errors,
+        }
+        if self._backend is not None:
+            for name, value in self._backend.counters().items():
+                counters[f"ipip_{name}_total"] = value
+        gauges: dict[str, float] = {
+            "in_sync": float(self.state.in_sync),
+            "converged": float(self._converged),
+            "routes_desired": len(self.routes.desired),
+            "datastore_revision": self.state.revision,
+            "datastore_bad_keys": len(self.state.bad_keys),
+        }
+        self.board.publish(
+            Health(
+                heartbeat=self._clock(),
+                in_sync=self.state.in_sync,
+                converged=self._converged,
+                detail=self._detail,
+                counters=counters,
+                gauges=gauges,
+                help={"ipip_dropped_unknown_source_total": "IPIP packets from non-node IPs"},
+            )
+        )
+
+    def status(self) -> dict[str, object]:
+        h = self.board.get()
+        return {
+            "node": self.cfg.node_name,
+            "pid": os.getpid(),
+            "address": str(self.address.address),
+            "uplink": self.address.uplink,
+            "in_sync": h.in_sync,
+            "converged": h.converged,
+            "detail": h.detail,
+            "ipip_backend": self._backend.name if self._backend else None,
+            "ipip_backend_reason": self.backend_reason,
+            "tunnel_address": str(self._tunnel_addr) if self._tunnel_addr else None,
+        }
+
+    def write_status(self) -> None:
+        _atomic_write(self.cfg.status_file, json.dumps(self.status(), indent=2) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""``tortie node run``: assemble the agent from its parts and run it until told to stop.
+
+Problem: the reconciler (:mod:`tortie.agent.loop`) is built from injected parts so it can be
+unit-tested; a real node needs the real ones: the datastore (waited for, not crashed on),
+the kernel of the network namespace the process runs in, the IPIP backend chosen for this
+kernel, the health endpoints, and signal handling.
+
+Invariants: SIGTERM/SIGINT stop the loop and leave the dataplane in place (routes, tunl0, BPF
+programs stay: pods keep talking while the agent restarts); the status file in the node's
+state directory says whether the agent is running and what it chose, for
+``tortie node status`` and the lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+from tortie.agent.config import AgentConfig, detect_address
+from tortie.agent.health import HealthBoard, serve
+from tortie.agent.loop import NodeAgent
+from tortie.dataplane.ipip import IPIPBackend, make_ipip_backend
+from tortie.datastore.api import Datastore, UnavailableError
+from tortie.datastore.factory import open_datastore
+
+log = logging.getLogger(__name__)
+
+
+def open_store_waiting(url: str, stop: threading.Event) -> Datastore | None:
+    """Open the datastore, retrying with backoff while it is unavailable."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return open_datastore(url)
+        except UnavailableError as err:
+            log.warning("%s; retrying in %.1fs", err, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+    return None
+
+
+def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
+    from tortie.dataplane.kernel_netlink import Pyroute2Netlink
+
+    stop = stop or threading.Event()
+    _install_signal_handlers(stop)
+    cfg.node_state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = open_store_waiting(cfg.datastore_url, stop)
+    if store is None:
+        return 0
+    netlink = Pyroute2Netlink()
+    address = detect_address(netlink, cfg.ip_autodetect, cfg.ip)
+    log.info(
+        "node %s: address %s on %s (%s)",
+        cfg.node_name,
+        address.address,
+        address.uplink,
+        address.how,
+    )
+
+    def backend_factory() -> tuple[IPIPBackend, str]:
+        return make_ipip_backend(
+            cfg.ipip_backend,
+            netlink,
+            node_ip=address.address.ip,
+            uplink=address.uplink,
+            pin_dir=cfg.pin_dir,
+            bpf_object=cfg.bpf_object,
+        )
+
+    board = HealthBoard()
+    agent = NodeAgent(cfg, store, netlink, address, backend_factory, board=board)
+    agent.register()
+    server = serve(board, cfg.health_host, cfg.health_port) if cfg.health_port else None
+    pid_file = cfg.node_state_dir / "agent.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    status_thread = threading.Thread(
+        target=_status_writer, args=(agent, stop), name="status-writer", daemon=True
+    )
+    status_thread.start()
+    try:
+        agent.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        with contextlib.suppress(OSError):
+            cfg.status_file.unlink()
+        store.close()
+        netlink.close()
+    log.info("agent stopped; the dataplane stays as it is")
+    return 0
+
+
+def _status_writer(agent: NodeAgent, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            agent.write_status()
+        except OSError as err:
+            log.debug("status file: %s", err)
+        stop.wait(1.0)
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def wait_ready(board: HealthBoard, timeout: float) -> bool:
+    """For tests and the lab: wait until the board says ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if board.ready()[0]:
+            return True
+        time.sleep(0.05)
+    return False

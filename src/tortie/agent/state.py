@@ -1,0 +1,174 @@
+"""The agent's view of the cluster, fed by the datastore syncer.
+
+Problem: the reconciler needs the current pools, nodes, block affinities, blocks and local
+workloads, decoded and indexed, without asking the datastore on every pass. The syncer
+delivers every key once and then each change; this module folds those events into typed
+maps and answers the questions the route calculation asks.
+
+Invariants:
+- One thread (the agent loop) calls :meth:`ClusterState.apply`; nothing else mutates it.
+- A key that cannot be decoded (corrupt or from a newer tortie) is dropped from the view and
+  recorded in ``bad_keys`` with the reason; it never raises into the loop. A later valid value
+  for the same key replaces it.
+- ``dirty`` is set by every change that can alter routes; the loop clears it after computing.
+
+Hazards: blocks are rewritten on every address assignment, so block updates are the hottest
+event; decoding one is O(block size) and the loop coalesces bursts before recomputing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
+
+from tortie.datastore.syncer import Deleted, InSync, StatusChanged, SyncEvent, Update
+from tortie.errors import TortieError
+from tortie.model import ipam as ipam_model
+from tortie.model.errors import ModelError
+from tortie.model.keys import IPAM_ROOT, RESOURCE_ROOT, parse_key
+from tortie.model.resources import (
+    BGPConfiguration,
+    BGPPeer,
+    IPAMConfiguration,
+    IPPool,
+    Node,
+    Resource,
+    WorkloadEndpoint,
+)
+
+log = logging.getLogger(__name__)
+
+_BY_KIND: dict[str, type[Resource]] = {
+    cls.KIND: cls
+    for cls in (IPPool, Node, WorkloadEndpoint, BGPConfiguration, BGPPeer, IPAMConfiguration)
+}
+
+
+@dataclass
+class ClusterState:
+    local_node: str
+    pools: dict[str, IPPool] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    workloads: dict[tuple[str, str], WorkloadEndpoint] = field(default_factory=dict)
+    bgp_configs: dict[str, BGPConfiguration] = field(default_factory=dict)
+    bgp_peers: dict[str, BGPPeer] = field(default_factory=dict)
+    ipam_configs: dict[str, IPAMConfiguration] = field(default_factory=dict)
+    affinities: dict[str, ipam_model.BlockAffinity] = field(default_factory=dict)
+    blocks: dict[str, ipam_model.AllocationBlock] = field(default_factory=dict)
+    bad_keys: dict[str, str] = field(default_factory=dict)
+    in_sync: bool = False
+    revision: int = 0
+    dirty: bool = True
+
+    # -- folding events -------------------------------------------------------------------
+    def apply(self, event: SyncEvent) -> None:
+        if isinstance(event, Update):
+            self.revision = max(self.revision, event.revision)
+            self._update(event.key, event.value)
+        elif isinstance(event, Deleted):
+            self.revision = max(self.revision, event.revision)
+            self._delete(event.key)
+        elif isinstance(event, InSync):
+            self.revision = max(self.revision, event.revision)
+            if not self.in_sync:
+                log.info("datastore in sync at revision %d", event.revision)
+            self.in_sync = True
+            self.dirty = True
+        elif isinstance(event, StatusChanged):
+            log.info("datastore sync status: %s %s", event.status.name, event.detail)
+
+    def _update(self, key: str, value: str) -> None:
+        try:
+            self._decode_into(key, value)
+        except (TortieError, ValueError, KeyError, TypeError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if self.bad_keys.get(key) != reason:
+                log.warning("ignoring unreadable datastore entry %s: %s", key, reason)
+            self._delete(key)  # the old value is no longer the truth either
+            self.bad_keys[key] = reason
+            return
+        self.bad_keys.pop(key, None)
+        self.dirty = True
+
+    def _decode_into(self, key: str, value: str) -> None:
+        if key.startswith(RESOURCE_ROOT):
+            rkey = parse_key(key)
+            cls = _BY_KIND.get(rkey.kind)
+            if cls is None:
+                return
+            res = cls.from_document(json.loads(value))
+            self._table_for(cls)[self._index(rkey.namespace, rkey.name)] = res
+        elif key.startswith(ipam_model.blocks_prefix()):
+            self.blocks[key] = ipam_model.AllocationBlock.from_json(value, key)
+        elif key.startswith(ipam_model.affinities_prefix()):
+            self.affinities[key] = ipam_model.BlockAffinity.from_kv(key, value)
+        # Handles and anything else under IPAM_ROOT do not affect routes.
+
+    def _delete(self, key: str) -> None:
+        self.bad_keys.pop(key, None)
+        if key.startswith(RESOURCE_ROOT):
+            try:
+                rkey = parse_key(key)
+            except ModelError:
+                return
+            cls = _BY_KIND.get(rkey.kind)
+            if cls is not None:
+                self._table_for(cls).pop(self._index(rkey.namespace, rkey.name), None)
+        elif key.startswith(IPAM_ROOT):
+            self.blocks.pop(key, None)
+            self.affinities.pop(key, None)
+        self.dirty = True
+
+    @staticmethod
+    def _index(namespace: str | None, name: str) -> str | tuple[str, str]:
+        return (namespace, name) if namespace is not None else name
+
+    def _table_for(self, cls: type[Resource]) -> dict[object, Resource]:
+        tables: dict[type[Resource], object] = {
+            IPPool: self.pools,
+            Node: self.nodes,
+            WorkloadEndpoint: self.workloads,
+            BGPConfiguration: self.bgp_configs,
+            BGPPeer: self.bgp_peers,
+            IPAMConfiguration: self.ipam_configs,
+        }
+        return tables[cls]  # type: ignore[return-value]
+
+    # -- questions ------------------------------------------------------------------------
+    def enabled_ipv4_pools(self) -> list[IPPool]:
+        return [p for p in self.pools.values() if p.ip_version == 4]
+
+    def node_ipv4(self, name: str) -> IPv4Interface | None:
+        node = self.nodes.get(name)
+        if node is None or node.spec.bgp is None or not node.spec.bgp.ipv4_address:
+            return None
+        try:
+            return IPv4Interface(node.spec.bgp.ipv4_address)
+        except ValueError:
+            return None
+
+    def confirmed_affinities(self) -> Iterator[tuple[str, IPv4Network]]:
+        for aff in self.affinities.values():
+            if aff.state is ipam_model.AffinityState.CONFIRMED and aff.cidr.version == 4:
+                yield aff.node, IPv4Network(aff.cidr)
+
+    def borrowed(self) -> Iterator[tuple[IPv4Address, str]]:
+        """Addresses allocated to a node other than their block's affine node."""
+        for block in self.blocks.values():
+            if block.cidr.version != 4:
+                continue
+            owner = block.node
+            for ordinal, attr in block.allocated():
+                holder = attr.attrs.get(ipam_model.ATTR_NODE)
+                if holder and holder != owner:
+                    addr = ip_address(block.address(ordinal))
+                    assert isinstance(addr, IPv4Address)
+                    yield addr, holder
+
+    def local_workloads(self) -> Iterator[WorkloadEndpoint]:
+        for wep in self.workloads.values():
+            if wep.spec.node == self.local_node:
+                yield wep
