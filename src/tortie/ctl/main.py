@@ -18,7 +18,7 @@ from tortie.errors import TortieError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tortie.ctl import ipam, node, resources
+    from tortie.ctl import ipam, lab, node, resources
 
     parser = argparse.ArgumentParser(
         prog="tortie",
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     resources.register(sub)
     ipam.register(sub)
     node.register(sub)
+    lab.register(sub)
     version = sub.add_parser("version", help="print the client version")
     version.set_defaults(func=_version)
     return parser
