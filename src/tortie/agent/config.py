@@ -64,6 +64,11 @@ class AgentConfig:
         return self.node_state_dir / "bpf"
 
     @property
+    def cni_socket(self) -> Path:
+        """Where the CNI plugin reaches this agent (``agent_socket`` in the conflist)."""
+        return self.node_state_dir / "cni.sock"
+
+    @property
     def status_file(self) -> Path:
         return self.node_state_dir / "status.json"
 

@@ -128,6 +128,8 @@ class NodeAgent:
         self._converged = False
         self._detail = "waiting for the datastore"
         self.last_desired = DesiredRoutes()
+        # Read by CNI server threads: an int attribute swap is atomic, no lock needed.
+        self.current_pod_mtu = 1500
 
     # -- lifecycle ------------------------------------------------------------------------
     def on_sync_event(self, event: SyncEvent) -> None:
@@ -272,10 +274,14 @@ class NodeAgent:
         # Known nodes first: a (re)load then attaches with the full allowlist in place.
         changes = backend.set_known_nodes(others)
         tunnel = IPv4Interface(f"{self._tunnel_addr}/32") if self._tunnel_addr else None
-        changes += backend.ensure_device(self.host_mtu() - IPIP_OVERHEAD, tunnel)
+        device_changes = backend.ensure_device(self.host_mtu() - IPIP_OVERHEAD, tunnel)
+        if device_changes:
+            # The device may be new (or re-created): routes through it need another look.
+            # Only then: this drops the route table's cache of routes through the device.
+            self.routes.on_interface_update(backend.device)
+        changes += device_changes
         if changes:
             log.info("tunnel: %s", "; ".join(changes))
-        self.routes.on_interface_update(backend.device)
 
     def _sync_workload_interfaces(self) -> None:
         present = {link.name for link in self.netlink.list_links()}
@@ -311,7 +317,8 @@ class NodeAgent:
 
     def _write_mtu(self, pools: list[PoolInfo]) -> None:
         path = self.cfg.mtu_file
-        text = f"{self.pod_mtu(pools)}\n"
+        self.current_pod_mtu = self.pod_mtu(pools)
+        text = f"{self.current_pod_mtu}\n"
         with contextlib.suppress(OSError):
             if path.read_text() == text:
                 return

@@ -21,12 +21,14 @@ import threading
 import time
 from types import FrameType
 
+from tortie.agent.cniserver import CniServer
 from tortie.agent.config import AgentConfig, detect_address
 from tortie.agent.health import HealthBoard, serve
 from tortie.agent.loop import NodeAgent
 from tortie.dataplane.ipip import IPIPBackend, make_ipip_backend
 from tortie.datastore.api import Datastore, UnavailableError
 from tortie.datastore.factory import open_datastore
+from tortie.ipam.client import IPAM
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,16 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     board = HealthBoard()
     agent = NodeAgent(cfg, store, netlink, address, backend_factory, board=board)
     agent.register()
+    # The CNI plugin is a thin stdlib client; this server does the pod wiring, warm.
+    cni = CniServer(
+        str(cfg.cni_socket),
+        cfg.node_name,
+        store,
+        IPAM(store),
+        lambda: agent.current_pod_mtu,
+    )
+    cni.start()
+    log.info("CNI server listening on %s", cfg.cni_socket)
     server = serve(board, cfg.health_host, cfg.health_port) if cfg.health_port else None
     pid_file = cfg.node_state_dir / "agent.pid"
     pid_file.write_text(f"{os.getpid()}\n")
@@ -86,6 +98,7 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     try:
         agent.run(stop)
     finally:
+        cni.stop()
         if server is not None:
             server.shutdown()
         with contextlib.suppress(OSError):

@@ -18,7 +18,7 @@ from tortie.errors import TortieError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tortie.ctl import ipam, lab, node, resources
+    from tortie.ctl import cni, ipam, lab, node, resources
 
     parser = argparse.ArgumentParser(
         prog="tortie",
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     ipam.register(sub)
     node.register(sub)
     lab.register(sub)
+    cni.register(sub)
     version = sub.add_parser("version", help="print the client version")
     version.set_defaults(func=_version)
     return parser

@@ -60,7 +60,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def node_name(given: str | None) -> str:
-    return given or os.environ.get("TORTIE_NODENAME") or socket.gethostname()
+    """The same rule as ``tortie install-cni``: flag, $TORTIE_NODENAME, $NODENAME, host name."""
+    return (
+        given
+        or os.environ.get("TORTIE_NODENAME")
+        or os.environ.get("NODENAME")
+        or socket.gethostname()
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

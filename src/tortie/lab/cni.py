@@ -108,8 +108,13 @@ def pod_call(
             ("K8S_POD_NAME", pod.name),
             ("K8S_POD_INFRA_CONTAINER_ID", container_id(topology, pod)),
         ),
-        path=runtime.dirs.cni_bin_dir,
+        # Our plugin first, then Debian's reference plugins (portmap is chained after us),
+        # as a real node's /opt/cni/bin holds both.
+        path=f"{runtime.dirs.cni_bin_dir}:{REFERENCE_PLUGINS_DIR}",
     )
+
+
+REFERENCE_PLUGINS_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 
 
 def install_cni(runtime: NodeRuntime, wrap: Wrap | None = None) -> None:

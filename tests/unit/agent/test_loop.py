@@ -265,3 +265,17 @@ def test_resources_types_exposed(h: Harness) -> None:
     h.sync()
     assert isinstance(next(iter(h.agent.state.pools.values())), IPPool)
     assert not any(isinstance(w, WorkloadEndpoint) for w in h.agent.state.local_workloads())
+
+
+def test_steady_state_passes_write_nothing(h: Harness) -> None:
+    """Regression: every pass used to drop the cache of routes via tunl0 and re-add them."""
+    h.set_mode("Always")
+    h.add_node("node2", "192.168.49.3/24")
+    h.ipam.assign(node="node2", handle="x.b")
+    h.sync()
+    writes = h.kernel.route_writes
+    for _ in range(3):
+        h.agent.state.dirty = True
+        h.agent.run_once()
+    assert h.kernel.route_writes == writes
+    assert h.agent.board.ready() == (True, "ok")

@@ -1,0 +1,376 @@
+"""A pod's kernel plumbing, Calico's way: a veth pair, proxy ARP, a /32 each way.
+
+Problem: the CNI server must give a pod a working interface and take it away again, from
+threads serving several pods at once, in a namespace that may not be its own (lab nodes are
+network namespaces). What Calico builds, and so what we build:
+
+- a veth pair: host side ``cali<11 hex>`` with MAC ``ee:ee:ee:ee:ee:ee``, pod side
+  ``CNI_IFNAME`` created straight into the pod's namespace (no name clash with the host's
+  ``eth0``, nothing half-moved if we fail);
+- host side sysctls proxy_arp=1, proxy_delay=0, forwarding=1 (and the rest of
+  :func:`tortie.dataplane.workload.workload_sysctls`), so the host answers the pod's ARP for
+  the gateway 169.254.1.1, which nobody owns;
+- pod side: the pod's address as a /32, ``169.254.1.1 dev eth0 scope link``,
+  ``default via 169.254.1.1 dev eth0``;
+- host side: ``<ip>/32 dev caliX scope link`` (protocol ``boot``, as Calico's CNI plugin
+  writes it: the agent's route table, which owns protocol 80, replaces it when it programs
+  the pod itself, and never mistakes it for a stale route of its own).
+
+Invariants:
+- Each call opens its own pyroute2 sockets in the thread that uses them and closes them
+  before returning: pyroute2 0.9 binds a socket per calling thread, so sharing one across
+  the server's request threads would leak a socket per thread. Opening one costs ~2 ms.
+- Work in another namespace runs in a short-lived thread that entered it
+  (:func:`tortie.dataplane.netns.run_in_netns`); the calling thread never changes namespace.
+- :meth:`Wiring.attach` does not undo on failure; the caller removes the host side (deleting
+  one end of a veth deletes the other and the routes through it), which also cleans up after
+  a crash. Every removal treats "already gone" as success.
+
+Hazards: pyroute2's proxy_arp setting is a no-op on these kernels, so sysctls go through
+``/proc/sys`` (dataplane.netns). ``route get`` answers with the best route, which may be a
+block's blackhole or the default: ownership checks compare the device, not just success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tortie.dataplane.netns import NetnsRef, read_sysctls, run_in_netns
+from tortie.dataplane.workload import (
+    WORKLOAD_PREFIX,
+    configure_workload_interface,
+    workload_sysctls,
+)
+
+T = TypeVar("T")
+
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY = "169.254.1.1"
+RTPROT_BOOT = 3
+SCOPE_LINK = 253
+MAIN_TABLE = 254
+IFF_UP = 0x1
+DEFAULT_IFNAME = "eth0"
+
+
+def host_ifname(container_id: str, ifname: str, pod_namespace: str | None, pod: str | None) -> str:
+    """The host side's name: ``cali`` + 11 hex of sha1("<namespace>.<pod>") (Calico's rule).
+
+    Without a pod name the hash is of the container ID. An interface other than ``eth0``
+    (a second attachment of one pod) hashes ``.<ifname>`` too, so the two cannot collide.
+    """
+    basis = f"{pod_namespace or 'default'}.{pod}" if pod else container_id
+    if ifname != DEFAULT_IFNAME:
+        basis += f".{ifname}"
+    return WORKLOAD_PREFIX + hashlib.sha1(basis.encode()).hexdigest()[:11]
+
+
+class WiringError(Exception):
+    """A kernel change failed: ``step`` says which, ``code`` is the errno (0 if none)."""
+
+    def __init__(self, step: str, detail: str, code: int = 0) -> None:
+        super().__init__(f"{step}: {detail}")
+        self.step = step
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class PodLink:
+    """What one attachment should look like."""
+
+    host_ifname: str
+    ifname: str
+    netns: str  # the pod's namespace: a path (/proc/PID/ns/net, /run/netns/NAME)
+    ip: ipaddress.IPv4Address
+    mtu: int
+
+
+@contextlib.contextmanager
+def _ipr(step: str) -> Iterator[Any]:
+    """A pyroute2 IPRoute in the current thread's namespace, closed afterwards; netlink
+    errors become :class:`WiringError` naming ``step``."""
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]
+    from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
+        NetlinkError,
+    )
+
+    ipr = IPRoute()
+    try:
+        yield ipr
+    except NetlinkError as exc:
+        raise WiringError(step, str(exc), exc.code) from exc
+    finally:
+        ipr.close()
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _link_info(ipr: Any, index: int) -> dict[str, Any]:
+    link = ipr.get_links(index)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    return {
+        "kind": info.get_attr("IFLA_INFO_KIND") if info is not None else None,
+        "up": bool(link["flags"] & IFF_UP),
+        "mac": link.get_attr("IFLA_ADDRESS"),
+        "mtu": link.get_attr("IFLA_MTU"),
+    }
+
+
+def _in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` inside the pod namespace ``netns`` (a path)."""
+    if not os.path.exists(netns):
+        raise WiringError("open the pod's network namespace", f"{netns} does not exist", 2)
+    try:
+        return run_in_netns(netns, fn)
+    except OSError as exc:  # setns failed, or the namespace vanished under us
+        raise WiringError(f"work in the pod's namespace {netns}", str(exc), exc.errno or 0) from exc
+
+
+class Wiring:
+    """Attach, detach and check pods; the host side lives in ``host_netns`` (None: ours)."""
+
+    def __init__(self, host_netns: NetnsRef = None) -> None:
+        self.host_netns = host_netns
+
+    def _host(self, fn: Callable[[], T]) -> T:
+        return run_in_netns(self.host_netns, fn)
+
+    # -- ADD ---------------------------------------------------------------------------------
+    def attach(self, link: PodLink) -> str:
+        """Build the attachment; return the pod side's MAC. Raises :class:`WiringError`."""
+        self._clear_pod_side(link.netns, link.ifname)
+        self._create_veth(link)
+        self._configure_host(link)
+        mac = _in_netns(link.netns, lambda: self._configure_pod_side(link))
+        self._host_route(link)
+        return mac
+
+    def _clear_pod_side(self, netns: str, ifname: str) -> None:
+        """A veth called ``ifname`` left in the pod by an earlier attempt is ours to replace;
+        anything else with that name is not, and ADD must fail."""
+
+        def work() -> None:
+            with _ipr(f"clear {ifname} in the pod") as ipr:
+                index = _index(ipr, ifname)
+                if index is None:
+                    return
+                if _link_info(ipr, index)["kind"] != "veth":
+                    raise WiringError(
+                        f"create {ifname} in the pod",
+                        f"the pod already has an interface {ifname} that is not a veth",
+                        errno.EEXIST,
+                    )
+                ipr.link("del", index=index)
+
+        _in_netns(netns, work)
+
+    def _create_veth(self, link: PodLink) -> None:
+        def work() -> None:
+            with _ipr(f"create veth {link.host_ifname}/{link.ifname}") as ipr:
+                stale = _index(ipr, link.host_ifname)
+                if stale is not None:
+                    # Same pod name, earlier sandbox (or an earlier attempt): Calico replaces it.
+                    ipr.link("del", index=stale)
+                ipr.link(
+                    "add",
+                    ifname=link.host_ifname,
+                    kind="veth",
+                    address=HOST_MAC,
+                    mtu=link.mtu,
+                    peer={"ifname": link.ifname, "net_ns_fd": link.netns, "mtu": link.mtu},
+                )
+
+        self._host(work)
+
+    def _configure_host(self, link: PodLink) -> None:
+        try:
+            configure_workload_interface(link.host_ifname, netns=self.host_netns)
+        except OSError as exc:
+            raise WiringError(
+                f"set sysctls on {link.host_ifname}", str(exc), exc.errno or 0
+            ) from exc
+
+        def work() -> None:
+            with _ipr(f"set {link.host_ifname} up") as ipr:
+                index = _index(ipr, link.host_ifname)
+                if index is None:
+                    raise WiringError(f"set {link.host_ifname} up", "it vanished", errno.ENODEV)
+                ipr.link("set", index=index, state="up")
+
+        self._host(work)
+
+    @staticmethod
+    def _configure_pod_side(link: PodLink) -> str:
+        with _ipr(f"configure {link.ifname} in the pod") as ipr:
+            index = _index(ipr, link.ifname)
+            if index is None:
+                raise WiringError(f"configure {link.ifname}", "not in the pod", errno.ENODEV)
+            ipr.link("set", index=index, state="up")
+            ipr.addr("add", index=index, address=str(link.ip), prefixlen=32)
+            ipr.route("replace", dst=f"{GATEWAY}/32", oif=index, scope=SCOPE_LINK)
+            ipr.route("replace", dst="0.0.0.0/0", gateway=GATEWAY, oif=index)
+            return str(_link_info(ipr, index)["mac"])
+
+    def _host_route(self, link: PodLink) -> None:
+        def work() -> None:
+            with _ipr(f"route {link.ip}/32 to {link.host_ifname}") as ipr:
+                index = _index(ipr, link.host_ifname)
+                if index is None:
+                    raise WiringError(f"route to {link.host_ifname}", "it vanished", errno.ENODEV)
+                ipr.route(
+                    "replace",
+                    dst=f"{link.ip}/32",
+                    oif=index,
+                    scope=SCOPE_LINK,
+                    proto=RTPROT_BOOT,
+                    table=MAIN_TABLE,
+                )
+
+        self._host(work)
+
+    # -- DEL ---------------------------------------------------------------------------------
+    def detach_pod_side(self, netns: str, ifname: str) -> bool:
+        """Delete the pod's ``ifname`` (a veth) if the namespace and it exist."""
+        if not netns or not os.path.exists(netns):
+            return False
+
+        def work() -> bool:
+            with _ipr(f"delete {ifname} in the pod") as ipr:
+                index = _index(ipr, ifname)
+                if index is None or _link_info(ipr, index)["kind"] != "veth":
+                    return False
+                return _delete_link(ipr, index)
+
+        try:
+            return _in_netns(netns, work)
+        except WiringError as exc:
+            if exc.code in (errno.ENOENT, errno.EINVAL):  # namespace went away meanwhile
+                return False
+            raise
+
+    def detach_host_side(self, host_ifname: str) -> bool:
+        """Delete the host veth (its peer and its routes go with it); False if absent."""
+
+        def work() -> bool:
+            with _ipr(f"delete {host_ifname}") as ipr:
+                index = _index(ipr, host_ifname)
+                return index is not None and _delete_link(ipr, index)
+
+        return self._host(work)
+
+    def host_link_exists(self, host_ifname: str) -> bool:
+        def work() -> bool:
+            with _ipr(f"look up {host_ifname}") as ipr:
+                return _index(ipr, host_ifname) is not None
+
+        return self._host(work)
+
+    def routes_to(self, ip: ipaddress.IPv4Address) -> str | None:
+        """The device the host routes ``ip`` through (None: unreachable or no device)."""
+
+        def work() -> str | None:
+            with _ipr(f"route get {ip}") as ipr:
+                answer = ipr.route("get", dst=str(ip))
+                oif = answer[0].get_attr("RTA_OIF") if answer else None
+                if oif is None:
+                    return None
+                links = ipr.get_links(oif)
+                return str(links[0].get_attr("IFLA_IFNAME")) if links else None
+
+        try:
+            return self._host(work)
+        except WiringError:
+            return None  # ENETUNREACH and friends: nothing routes it
+
+    # -- CHECK -------------------------------------------------------------------------------
+    def check(self, link: PodLink) -> list[str]:
+        """What differs from what :meth:`attach` builds (empty: all as it should be)."""
+        problems = self._check_host(link)
+        if not os.path.exists(link.netns):
+            return [*problems, f"the pod's network namespace {link.netns} does not exist"]
+        return problems + _in_netns(link.netns, lambda: self._check_pod_side(link))
+
+    def _check_host(self, link: PodLink) -> list[str]:
+        name = link.host_ifname
+
+        def work() -> list[str]:
+            out: list[str] = []
+            with _ipr(f"inspect {name}") as ipr:
+                index = _index(ipr, name)
+                if index is None:
+                    return [f"host interface {name} does not exist"]
+                info = _link_info(ipr, index)
+                if info["kind"] != "veth":
+                    out.append(f"host interface {name} is a {info['kind']}, not a veth")
+                if not info["up"]:
+                    out.append(f"host interface {name} is down")
+                if str(info["mac"]).lower() != HOST_MAC:
+                    out.append(f"host interface {name} has MAC {info['mac']}, not {HOST_MAC}")
+            return out
+
+        problems = self._host(work)
+        if problems and problems[0].endswith("does not exist"):
+            return problems
+        wanted = workload_sysctls(name)
+        try:
+            have = read_sysctls(list(wanted), self.host_netns)
+        except OSError as exc:
+            return [*problems, f"cannot read sysctls of {name}: {exc}"]
+        problems += [
+            f"{key.rsplit('/', 1)[1]} of {name} is {have[key]}, not {value}"
+            for key, value in wanted.items()
+            if have.get(key) != value
+        ]
+        device = self.routes_to(link.ip)
+        if device != name:
+            problems.append(f"the host routes {link.ip} via {device or 'nothing'}, not {name}")
+        return problems
+
+    @staticmethod
+    def _check_pod_side(link: PodLink) -> list[str]:
+        name = link.ifname
+        out: list[str] = []
+        with _ipr(f"inspect {name} in the pod") as ipr:
+            index = _index(ipr, name)
+            if index is None:
+                return [f"the pod has no interface {name}"]
+            if not _link_info(ipr, index)["up"]:
+                out.append(f"{name} in the pod is down")
+            addrs = {
+                (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                for a in ipr.get_addr(index=index, family=2)
+            }
+            if (str(link.ip), 32) not in addrs:
+                out.append(f"{name} in the pod does not have {link.ip}/32")
+            routes = {
+                (r.get_attr("RTA_DST") or "0.0.0.0", r["dst_len"], r.get_attr("RTA_GATEWAY"))
+                for r in ipr.get_routes(family=2, table=MAIN_TABLE)
+                if r.get_attr("RTA_OIF") == index
+            }
+            if (GATEWAY, 32, None) not in routes:
+                out.append(f"the pod has no route {GATEWAY} dev {name} scope link")
+            if ("0.0.0.0", 0, GATEWAY) not in routes:
+                out.append(f"the pod has no route default via {GATEWAY} dev {name}")
+        return out
+
+
+def _delete_link(ipr: Any, index: int) -> bool:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):  # deleted meanwhile (its peer went)
+            return False
+        raise
+    return True

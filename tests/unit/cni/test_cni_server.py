@@ -1,0 +1,458 @@
+"""The agent's CNI server without root: verbs over a fake kernel and an in-memory datastore,
+and the socket's lifecycle and permissions. The same verbs against the real kernel are in
+tests/netns/cni."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_server_fakes import POD_MAC, FakeWiring, FlakyStore, fail_netns
+
+from tortie.agent.cniserver import NETWORK_ANNOTATION, CniServer, CniServerError
+from tortie.agent.wiring import host_ifname
+from tortie.cni.client import call_agent
+from tortie.cni.spec import CniError
+from tortie.datastore.memory import MemoryDatastore
+from tortie.datastore.resources import ResourceStore
+from tortie.ipam.client import IPAM
+from tortie.model.cniwire import Attachment, CniRequest, CniResponse, Code
+from tortie.model.resources import IPPool, WorkloadEndpoint
+
+NET = "k8s-pod-network"
+
+
+class Node:
+    """A CniServer for node-1 over a fake kernel, plus the handles tests inspect."""
+
+    def __init__(self, tmp: Path, pool: str = "10.244.0.0/24", block: int = 26) -> None:
+        self.store = FlakyStore(MemoryDatastore("memory://"))
+        self.resources = ResourceStore(self.store)
+        self.resources.apply([_pool("pool1", pool, block)])
+        self.ipam = IPAM(self.store)
+        self.wiring = FakeWiring()
+        self.server = CniServer(
+            str(tmp / "cni.sock"),
+            "node-1",
+            self.store,
+            self.ipam,
+            lambda: 1480,
+            wiring=self.wiring,  # type: ignore[arg-type]
+        )
+        self.tmp = tmp
+
+    def netns(self, name: str) -> str:
+        path = self.tmp / f"ns-{name}"
+        path.touch()
+        return str(path)
+
+    def req(
+        self, command: str, cid: str = "c1", pod: str | None = "web-0", **kw: Any
+    ) -> CniRequest:
+        kw.setdefault("netns", self.netns(cid) if command in ("ADD", "CHECK") else "")
+        return CniRequest(
+            command,
+            NET,
+            container_id=cid,
+            ifname="eth0",
+            node="node-1",
+            pod_namespace="web" if pod else None,
+            pod=pod,
+            **kw,
+        )
+
+    def add(self, cid: str = "c1", pod: str | None = "web-0", **kw: Any) -> CniResponse:
+        return self.server.handle(self.req("ADD", cid, pod, **kw))
+
+    def ips(self, cid: str) -> list[Any]:
+        return self.ipam.addresses_for_handle(f"{NET}.{cid}")
+
+    def weps(self) -> list[WorkloadEndpoint]:
+        return self.resources.list(WorkloadEndpoint)
+
+
+def _pool(name: str, cidr: str, block: int) -> IPPool:
+    return IPPool.from_document(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPPool",
+            "metadata": {"name": name},
+            "spec": {"cidr": cidr, "blockSize": block},
+        }
+    )
+
+
+@pytest.fixture
+def node(short_dir: Path) -> Node:
+    return Node(short_dir)
+
+
+def _ok(resp: CniResponse) -> CniResponse:
+    assert resp.error is None, resp.error
+    return resp
+
+
+def _code(resp: CniResponse) -> int:
+    assert resp.error is not None
+    return resp.error.code
+
+
+# -- ADD -----------------------------------------------------------------------------------------
+
+
+def test_add_allocates_wires_and_records(node: Node) -> None:
+    result = _ok(node.add()).result
+    assert result is not None
+    (ip,) = node.ips("c1")
+    cali = host_ifname("c1", "eth0", "web", "web-0")
+    assert result["interfaces"][0] == {"name": cali, "mac": "ee:ee:ee:ee:ee:ee", "mtu": 1480}
+    assert result["interfaces"][1]["sandbox"] == node.netns("c1")
+    assert result["ips"] == [{"address": f"{ip}/32", "gateway": "169.254.1.1", "interface": 1}]
+    assert node.wiring.links[cali].ip == ip and node.wiring.links[cali].mtu == 1480
+    (wep,) = node.weps()
+    assert wep.metadata.name == "node--1-k8s-web--0-eth0"
+    assert wep.metadata.namespace == "web"
+    assert wep.metadata.annotations[NETWORK_ANNOTATION] == NET
+    assert wep.spec.container_id == "c1" and wep.spec.pod == "web-0"
+    assert wep.spec.interface_name == cali and wep.spec.mac == POD_MAC
+    assert wep.spec.ip_networks == [f"{ip}/32"]
+    assert node.ipam.check().problems == ()
+
+
+def test_add_without_pod_name_uses_the_container(node: Node) -> None:
+    _ok(node.add("abc123", pod=None))
+    (wep,) = node.weps()
+    assert wep.spec.orchestrator == "cni" and wep.metadata.namespace == "default"
+    assert wep.spec.interface_name == host_ifname("abc123", "eth0", None, None)
+
+
+def test_add_twice_reuses_the_address(node: Node) -> None:
+    first = _ok(node.add()).result
+    second = _ok(node.add()).result
+    assert first is not None and second is not None
+    assert first["ips"] == second["ips"] and len(node.ips("c1")) == 1
+
+
+def test_add_config_mtu_wins_over_the_agent(node: Node) -> None:
+    _ok(node.add(mtu=1300))
+    assert next(iter(node.wiring.links.values())).mtu == 1300
+
+
+def test_add_specific_address(node: Node) -> None:
+    _ok(node.add(ips=("10.244.0.77/32",)))
+    assert [str(a) for a in node.ips("c1")] == ["10.244.0.77"]
+    assert _code(node.add("c2", pod="web-1", ips=("10.244.0.77",))) == Code.NO_ADDRESS
+    assert _code(node.add("c3", pod="web-2", ips=("fd00::1",))) == Code.UNSUPPORTED_FIELD
+    assert _code(node.add("c4", pod="web-3", ips=("a",))) == Code.INVALID_NETWORK_CONFIG
+    assert node.ips("c2") == [] and len(node.weps()) == 1
+
+
+def test_add_failing_in_the_kernel_undoes_everything(node: Node) -> None:
+    node.wiring.fail_attach = fail_netns()
+    resp = node.add()
+    assert _code(resp) == Code.KERNEL_FAILURE
+    assert resp.error is not None and "File exists" in resp.error.msg
+    assert node.wiring.links == {} and node.ips("c1") == [] and node.weps() == []
+
+
+def test_add_failing_at_the_endpoint_undoes_everything(node: Node) -> None:
+    node.store.down = lambda key: "workloadendpoints" in key
+    assert _code(node.add()) == Code.TRY_AGAIN_LATER
+    assert node.wiring.links == {} and node.ips("c1") == []
+    node.store.down = False
+    assert node.weps() == []
+
+
+def test_add_with_datastore_down_leaves_nothing(node: Node) -> None:
+    node.store.down = True
+    resp = node.add()
+    assert _code(resp) == Code.TRY_AGAIN_LATER
+    assert resp.error is not None and "unavailable" in resp.error.msg
+    node.store.down = False
+    assert node.wiring.links == {} and node.ips("c1") == [] and node.weps() == []
+
+
+def test_add_to_missing_netns_is_unknown_container(node: Node) -> None:
+    assert _code(node.add(netns=str(node.tmp / "gone"))) == Code.UNKNOWN_CONTAINER
+    assert node.ips("c1") == [] and node.wiring.calls == []
+
+
+def test_add_with_pools_exhausted(short_dir: Path) -> None:
+    small = Node(short_dir, pool="10.244.0.0/30", block=30)
+    for i in range(4):
+        _ok(small.add(f"c{i}", pod=f"p{i}"))
+    resp = small.add("c9", pod="p9")
+    assert _code(resp) == Code.NO_ADDRESS
+    assert len(small.wiring.links) == 4 and small.ips("c9") == []
+
+
+def test_add_refuses_another_node_or_datastore(node: Node) -> None:
+    other_node = CniRequest(
+        "ADD", NET, container_id="c1", ifname="eth0", node="node-2", netns=node.netns("c1")
+    )
+    resp = node.server.handle(other_node)
+    assert _code(resp) == Code.INVALID_NETWORK_CONFIG
+    assert resp.error is not None and "node-2" in resp.error.msg
+    other_store = CniRequest(
+        "ADD",
+        NET,
+        container_id="c1",
+        ifname="eth0",
+        datastore="sqlite:///elsewhere.db",
+        netns=node.netns("c1"),
+    )
+    assert _code(node.server.handle(other_store)) == Code.INVALID_NETWORK_CONFIG
+    assert node.ips("c1") == []
+
+
+def test_bad_pod_name_is_invalid_environment(node: Node) -> None:
+    assert _code(node.add(pod="-web")) == Code.INVALID_ENVIRONMENT
+
+
+# -- DEL -----------------------------------------------------------------------------------------
+
+
+def test_del_removes_everything_and_is_idempotent(node: Node) -> None:
+    _ok(node.add())
+    _ok(node.server.handle(node.req("DEL", netns=node.netns("c1"))))
+    assert node.wiring.links == {} and node.ips("c1") == [] and node.weps() == []
+    _ok(node.server.handle(node.req("DEL")))  # containerd's second DEL: no netns
+    _ok(node.server.handle(node.req("DEL", "never-added")))
+
+
+def test_del_without_netns_still_removes_the_host_side(node: Node) -> None:
+    _ok(node.add())
+    _ok(node.server.handle(node.req("DEL")))
+    assert node.wiring.links == {} and node.ips("c1") == []
+
+
+def test_del_of_an_old_sandbox_spares_the_live_one(node: Node) -> None:
+    _ok(node.add("old"))
+    _ok(node.add("new"))  # the pod was re-created: same name, same cali interface
+    (live_ip,) = node.ips("new")
+    assert node.ips("old") != []  # the runtime has not deleted the old sandbox yet
+    _ok(node.server.handle(node.req("DEL", "old")))
+    assert node.ips("old") == [] and node.ips("new") == [live_ip]
+    (wep,) = node.weps()
+    assert wep.spec.container_id == "new"
+    cali = host_ifname("new", "eth0", "web", "web-0")
+    assert node.wiring.links[cali].ip == live_ip
+
+
+def test_del_after_an_add_that_died_before_its_endpoint(node: Node) -> None:
+    """The handle's address is routed through the interface: it is ours to delete."""
+    ip = node.ipam.assign(node="node-1", handle=f"{NET}.c1")[0]
+    cali = host_ifname("c1", "eth0", "web", "web-0")
+    from tortie.agent.wiring import PodLink
+
+    node.wiring.links[cali] = PodLink(cali, "eth0", node.netns("c1"), ip, 1480)  # type: ignore[arg-type]
+    _ok(node.server.handle(node.req("DEL")))
+    assert node.wiring.links == {} and node.ips("c1") == []
+
+
+def test_del_with_datastore_down_is_try_again_later(node: Node) -> None:
+    _ok(node.add())
+    node.store.down = True
+    assert _code(node.server.handle(node.req("DEL"))) == Code.TRY_AGAIN_LATER
+    node.store.down = False
+    _ok(node.server.handle(node.req("DEL")))
+    assert node.ips("c1") == [] and node.weps() == []
+
+
+# -- CHECK ---------------------------------------------------------------------------------------
+
+
+def test_check(node: Node) -> None:
+    result = _ok(node.add()).result
+    _ok(node.server.handle(node.req("CHECK", prev_result=result)))
+    node.wiring.problems = ["proxy_arp of caliX is 0, not 1"]
+    resp = node.server.handle(node.req("CHECK", prev_result=result))
+    assert _code(resp) == Code.CHECK_FAILED
+    assert resp.error is not None and "proxy_arp" in resp.error.details
+    node.wiring.problems = []
+    node.resources.delete(WorkloadEndpoint, node.weps()[0].metadata.name, "web")
+    resp = node.server.handle(node.req("CHECK", prev_result=result))
+    assert _code(resp) == Code.CHECK_FAILED
+    assert resp.error is not None and "no workload endpoint" in resp.error.details
+
+
+def test_check_needs_our_address_in_prev_result(node: Node) -> None:
+    _ok(node.add())
+    resp = node.server.handle(node.req("CHECK", prev_result={"interfaces": [], "ips": []}))
+    assert _code(resp) == Code.CHECK_FAILED
+    assert _code(node.server.handle(node.req("CHECK"))) == Code.INVALID_NETWORK_CONFIG
+
+
+# -- GC ------------------------------------------------------------------------------------------
+
+
+def test_gc_removes_what_the_runtime_no_longer_has(node: Node) -> None:
+    for i in range(3):
+        _ok(node.add(f"c{i}", pod=f"p{i}"))
+    # Another node's and another network's allocations are never touched.
+    node.ipam.assign(node="node-2", handle=f"{NET}.elsewhere")
+    node.ipam.assign(node="node-1", handle="other-net.c7")
+    keep = (Attachment("c0", "eth0"),)
+    _ok(node.server.handle(CniRequest("GC", NET, node="node-1", valid_attachments=keep)))
+    assert node.ips("c0") and not node.ips("c1") and not node.ips("c2")
+    assert [w.spec.container_id for w in node.weps()] == ["c0"]
+    assert len(node.wiring.links) == 1
+    assert node.ipam.addresses_for_handle(f"{NET}.elsewhere")
+    assert node.ipam.addresses_for_handle("other-net.c7")
+
+
+def test_gc_releases_handles_without_endpoints(node: Node) -> None:
+    node.ipam.assign(node="node-1", handle=f"{NET}.orphan", attrs={"namespace": "a", "pod": "b"})
+    _ok(node.server.handle(CniRequest("GC", NET, node="node-1")))
+    assert node.ips("orphan") == []
+
+
+def test_gc_spares_an_add_in_flight(node: Node) -> None:
+    _ok(node.add("c1"))
+    with node.server._adding_container("c1"):
+        _ok(node.server.handle(CniRequest("GC", NET, node="node-1")))
+    assert node.ips("c1") and node.weps()
+
+
+# -- STATUS --------------------------------------------------------------------------------------
+
+
+def test_status(node: Node) -> None:
+    _ok(node.server.handle(CniRequest("STATUS", NET)))
+    node.store.down = True
+    resp = node.server.handle(CniRequest("STATUS", NET))
+    assert _code(resp) == Code.PLUGIN_NOT_AVAILABLE
+    assert resp.error is not None and "datastore" in resp.error.msg
+
+
+def test_status_without_free_addresses(short_dir: Path) -> None:
+    small = Node(short_dir, pool="10.244.0.0/30", block=30)
+    for i in range(4):
+        _ok(small.add(f"c{i}", pod=f"p{i}"))
+    resp = small.server.handle(CniRequest("STATUS", NET))
+    assert _code(resp) == Code.PLUGIN_NOT_AVAILABLE
+    assert resp.error is not None and "free" in resp.error.msg
+    small.resources.delete(IPPool, "pool1")
+    assert _code(small.server.handle(CniRequest("STATUS", NET))) == Code.PLUGIN_NOT_AVAILABLE
+
+
+# -- the socket ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def serving(node: Node) -> Iterator[Node]:
+    node.server.start()
+    try:
+        yield node
+    finally:
+        node.server.stop()
+
+
+def test_socket_is_private(serving: Node) -> None:
+    path = serving.server.socket_path
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert [p for p in os.listdir(os.path.dirname(path)) if p.startswith(".cni")] == []
+
+
+def test_requests_over_the_socket(serving: Node) -> None:
+    resp = call_agent(serving.server.socket_path, serving.req("ADD"), 10)
+    assert resp.ok and resp.result is not None
+
+
+def test_concurrent_requests(serving: Node) -> None:
+    results: list[CniResponse] = []
+
+    def one(i: int) -> None:
+        results.append(
+            call_agent(serving.server.socket_path, serving.req("ADD", f"c{i}", f"p{i}"), 30)
+        )
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.ok for r in results) and len(results) == 10
+    ips = {str(ipaddress.ip_interface(r.result["ips"][0]["address"])) for r in results if r.result}
+    assert len(ips) == 10
+
+
+def test_garbage_request_is_decode_failure(serving: Node) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(serving.server.socket_path)
+        s.sendall(b"{nope")
+        s.shutdown(socket.SHUT_WR)
+        data = s.recv(65536)
+    resp = CniResponse.from_bytes(data)
+    assert resp.error is not None and resp.error.code == Code.DECODE_FAILURE
+
+
+def test_stop_removes_the_socket_and_plugin_sees_agent_down(node: Node) -> None:
+    node.server.start()
+    node.server.stop()
+    assert not os.path.exists(node.server.socket_path)
+    with pytest.raises(CniError) as err:
+        call_agent(node.server.socket_path, node.req("DEL"), 5)
+    assert err.value.code == Code.TRY_AGAIN_LATER
+
+
+def test_stale_socket_is_replaced(node: Node) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(node.server.socket_path)
+    stale.close()
+    with node.server:
+        assert call_agent(node.server.socket_path, node.req("DEL"), 5).ok
+
+
+def test_live_socket_is_not_stolen(serving: Node, short_dir: Path) -> None:
+    second = CniServer(
+        serving.server.socket_path,
+        "node-1",
+        serving.store,
+        serving.ipam,
+        lambda: 1480,
+        wiring=FakeWiring(),
+    )  # type: ignore[arg-type]
+    with pytest.raises(CniServerError, match="another tortie agent"):
+        second.start()
+    assert call_agent(serving.server.socket_path, serving.req("DEL"), 5).ok
+
+
+def test_non_socket_file_is_not_removed(node: Node) -> None:
+    Path(node.server.socket_path).write_text("precious")
+    with pytest.raises(CniServerError, match="not a socket"):
+        node.server.start()
+    assert Path(node.server.socket_path).read_text() == "precious"
+
+
+def test_shared_directory_is_refused(node: Node, short_dir: Path) -> None:
+    shared = short_dir / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    server = CniServer(
+        str(shared / "cni.sock"), "node-1", node.store, node.ipam, lambda: 1480, wiring=FakeWiring()
+    )  # type: ignore[arg-type]
+    with pytest.raises(CniServerError, match="0755"):
+        server.start()
+
+
+def test_missing_directory_is_made_private(node: Node, short_dir: Path) -> None:
+    server = CniServer(
+        str(short_dir / "run" / "n1" / "cni.sock"),
+        "node-1",
+        node.store,
+        node.ipam,
+        lambda: 1480,
+        wiring=FakeWiring(),
+    )  # type: ignore[arg-type]
+    with server:
+        assert stat.S_IMODE(os.stat(short_dir / "run" / "n1").st_mode) == 0o700
