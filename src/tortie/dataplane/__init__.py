@@ -16,6 +16,10 @@ the CNI plugin can use the stdlib-only helpers without paying for pyroute2):
   tc-BPF backends, and make_ipip_backend(auto|kernel|bpf).
 - ``bpfsys`` (bpf(2) via ctypes), ``bpffs`` (pin filesystem), ``tc`` (filter attach).
 - ``workload``: host-side sysctls/MTU of ``cali*`` interfaces.
+- ``vxlan``: VXLANManager: the ``vxlan.calico`` device, remote VTEP FDB/neighbour entries.
+- ``nftables`` / ``nft_exec``: NftablesManager: tortie's own nft table (IPIP/VXLAN allowlist,
+  anti-spoofing, natOutgoing) on sets and maps, so the rule count never grows; executors over
+  libnftables (ctypes) or the ``nft`` CLI.
 - ``netns``: doing work inside another network namespace; sysctls there.
 
 BPF C sources live in ``bpf/`` at the repository root (``make -C bpf``).

@@ -12,6 +12,11 @@ gateway reachability checks, multipath, address-derived routes.
 
 Test hooks: :attr:`fail` (dst -> errno, until removed), :attr:`fail_once`, :attr:`ops` (every
 write, in order), :attr:`route_writes`, :meth:`add_foreign_route`.
+
+VXLAN: devices keep their settings (:attr:`vxlan`); FDB and neighbour entries are kept per
+ifindex, so deleting a device takes its entries with it, as in Linux. ``replace_fdb`` replaces
+the first remote of a MAC, as the kernel does. Hooks: :attr:`fdb`, :attr:`neighbours` (edit
+them to stand for entries someone else made), :attr:`fail_fdb` (MAC -> errno).
 """
 
 from __future__ import annotations
@@ -20,9 +25,16 @@ import errno
 import itertools
 from collections.abc import Sequence
 from dataclasses import replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from tortie.dataplane.netlink import Link, NetlinkError, SingleRouteOps
+from tortie.dataplane.netlink import (
+    FdbEntry,
+    Link,
+    Neighbour,
+    NetlinkError,
+    SingleRouteOps,
+    VXLANAttrs,
+)
 from tortie.dataplane.netns import NetnsRef
 from tortie.dataplane.routes import KernelRoute, RouteOp
 
@@ -46,6 +58,10 @@ class FakeNetlink(SingleRouteOps):
         self.route_writes = 0
         self._index = itertools.count(2)  # 1 is lo
         self.closed = False
+        self.vxlan: dict[str, VXLANAttrs] = {}
+        self.fdb: dict[int, dict[str, list[IPv4Address]]] = {}  # ifindex -> mac -> dsts
+        self.neighbours: dict[int, dict[IPv4Address, Neighbour]] = {}  # ifindex -> ip -> entry
+        self.fail_fdb: dict[str, int] = {}
         self._add_link(Link(index=1, name="lo", kind=None, mtu=65536, up=True, noarp=True))
 
     # -- test helpers ---------------------------------------------------------------------
@@ -197,6 +213,83 @@ class FakeNetlink(SingleRouteOps):
         if addr not in self.addrs[name]:
             raise NetlinkError(errno.EADDRNOTAVAIL)
         self.addrs[name].remove(addr)
+
+    # -- vxlan, fdb, neighbours -----------------------------------------------------------
+
+    def create_vxlan(
+        self,
+        name: str,
+        *,
+        vni: int,
+        port: int,
+        local: IPv4Address,
+        uplink: str,
+        learning: bool = False,
+        mtu: int | None = None,
+        mac: str | None = None,
+    ) -> None:
+        self.link_ops.append(("create_vxlan", name))
+        lower = self._need(uplink)
+        if name in self.links:
+            raise NetlinkError(errno.EEXIST)
+        link = self.add_link(name, kind="vxlan", up=False, mtu=mtu or lower.mtu - 50)
+        self.links[name] = replace(link, mac=mac or f"02:fa:4e:00:00:{link.index % 256:02x}")
+        self.vxlan[name] = VXLANAttrs(
+            vni=vni, port=port, local=local, link=lower.index, learning=learning
+        )
+
+    def get_vxlan(self, name: str) -> VXLANAttrs | None:
+        link = self.links.get(name)
+        if link is None or link.kind != "vxlan":
+            return None
+        return self.vxlan.get(name)
+
+    def set_link_mac(self, name: str, mac: str) -> None:
+        link = self._need(name)
+        self.link_ops.append(("set_link_mac", name, mac))
+        self.links[name] = replace(link, mac=mac)
+
+    def list_fdb(self, name: str) -> list[FdbEntry]:
+        link = self._need(name)
+        return [
+            FdbEntry(mac, dst) for mac, dsts in self.fdb.get(link.index, {}).items() for dst in dsts
+        ]
+
+    def replace_fdb(self, name: str, mac: str, dst: IPv4Address) -> None:
+        link = self._need(name)
+        self.link_ops.append(("replace_fdb", name, mac, str(dst)))
+        if mac in self.fail_fdb:
+            raise NetlinkError(self.fail_fdb[mac])
+        dsts = self.fdb.setdefault(link.index, {}).setdefault(mac, [])
+        if dsts:
+            dsts[0] = dst
+        else:
+            dsts.append(dst)
+
+    def del_fdb(self, name: str, mac: str, dst: IPv4Address) -> None:
+        link = self._need(name)
+        self.link_ops.append(("del_fdb", name, mac, str(dst)))
+        table = self.fdb.get(link.index, {})
+        if dst not in table.get(mac, []):
+            raise NetlinkError(errno.ENOENT)
+        table[mac].remove(dst)
+        if not table[mac]:
+            del table[mac]
+
+    def list_neighbours(self, name: str) -> list[Neighbour]:
+        link = self._need(name)
+        return list(self.neighbours.get(link.index, {}).values())
+
+    def replace_neighbour(self, name: str, ip: IPv4Address, mac: str) -> None:
+        link = self._need(name)
+        self.link_ops.append(("replace_neighbour", name, str(ip), mac))
+        self.neighbours.setdefault(link.index, {})[ip] = Neighbour(ip, mac, permanent=True)
+
+    def del_neighbour(self, name: str, ip: IPv4Address) -> None:
+        link = self._need(name)
+        self.link_ops.append(("del_neighbour", name, str(ip)))
+        if self.neighbours.get(link.index, {}).pop(ip, None) is None:
+            raise NetlinkError(errno.ENOENT)
 
     def close(self) -> None:
         self.closed = True

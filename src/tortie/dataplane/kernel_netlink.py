@@ -17,16 +17,31 @@ namespace); use one instance from one thread, as the agent's single reconciler l
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, TypeVar
 
-from tortie.dataplane.netlink import Link, NetlinkError, SingleRouteOps
+from tortie.dataplane.netlink import (
+    FdbEntry,
+    Link,
+    Neighbour,
+    NetlinkError,
+    SingleRouteOps,
+    VXLANAttrs,
+)
 from tortie.dataplane.netns import NetnsRef, netns_path
 from tortie.dataplane.routes import KernelRoute, RouteOp
 from tortie.dataplane.rtnl import RtnlSocket
 
 T = TypeVar("T")
+
+# linux/neighbour.h: entry states and flags.
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NUD_UNRESOLVED = 0x01 | 0x20  # INCOMPLETE | FAILED: no usable lladdr
+NTF_SELF = 0x02
+AF_BRIDGE = 7
 
 
 class Pyroute2Netlink(SingleRouteOps):
@@ -154,3 +169,120 @@ class Pyroute2Netlink(SingleRouteOps):
                 "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
             )
         )
+
+    # -- vxlan, fdb, neighbours: pyroute2 (cold path: per node joining or leaving) ------------
+
+    def create_vxlan(
+        self,
+        name: str,
+        *,
+        vni: int,
+        port: int,
+        local: IPv4Address,
+        uplink: str,
+        learning: bool = False,
+        mtu: int | None = None,
+        mac: str | None = None,
+    ) -> None:
+        spec: dict[str, Any] = {
+            "ifname": name,
+            "kind": "vxlan",
+            "vxlan_id": vni,
+            "vxlan_port": port,
+            "vxlan_local": str(local),
+            "vxlan_link": self._index(uplink),
+            "vxlan_learning": int(learning),
+        }
+        if mtu is not None:
+            spec["mtu"] = mtu
+        if mac is not None:
+            spec["address"] = mac
+        self._call(lambda ipr: ipr.link("add", **spec))
+
+    def get_vxlan(self, name: str) -> VXLANAttrs | None:
+        link = self._rtnl.get_link(name)
+        if link is None or link.kind != "vxlan":
+            return None
+        index = link.index
+        (msg,) = self._call(lambda ipr: ipr.get_links(index))
+        info = msg.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+        if data is None:
+            return None
+        local = data.get_attr("IFLA_VXLAN_LOCAL")
+        return VXLANAttrs(
+            vni=int(data.get_attr("IFLA_VXLAN_ID") or 0),
+            port=int(data.get_attr("IFLA_VXLAN_PORT") or 0),
+            local=IPv4Address(local) if local else None,
+            link=data.get_attr("IFLA_VXLAN_LINK"),
+            learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+        )
+
+    def set_link_mac(self, name: str, mac: str) -> None:
+        index = self._index(name)
+        self._call(lambda ipr: ipr.link("set", index=index, address=mac))
+
+    def list_fdb(self, name: str) -> list[FdbEntry]:
+        index = self._index(name)
+        # The dump covers every bridge port of the namespace: filter on our device here.
+        msgs = self._call(lambda ipr: list(ipr.fdb("dump")))
+        out = []
+        for msg in msgs:
+            dst = msg.get_attr("NDA_DST")
+            mac = msg.get_attr("NDA_LLADDR")
+            if msg["ifindex"] == index and dst and mac and ":" not in dst:
+                out.append(FdbEntry(mac=mac.lower(), dst=IPv4Address(dst)))
+        return out
+
+    def _fdb(self, command: str, name: str, mac: str, dst: IPv4Address) -> None:
+        index = self._index(name)
+        # state and flags spelled out: pyroute2 only defaults them (permanent, self) for
+        # add/append/del, and a "replace" without NTF_SELF goes to a bridge master we do not
+        # have (EOPNOTSUPP).
+        self._call(
+            lambda ipr: ipr.fdb(
+                command,
+                ifindex=index,
+                lladdr=mac,
+                dst=str(dst),
+                state=NUD_PERMANENT | NUD_NOARP,
+                flags=NTF_SELF,
+            )
+        )
+
+    def replace_fdb(self, name: str, mac: str, dst: IPv4Address) -> None:
+        self._fdb("replace", name, mac, dst)
+
+    def del_fdb(self, name: str, mac: str, dst: IPv4Address) -> None:
+        self._fdb("del", name, mac, dst)
+
+    def list_neighbours(self, name: str) -> list[Neighbour]:
+        index = self._index(name)
+        msgs = self._call(lambda ipr: list(ipr.neigh("dump", family=socket.AF_INET)))
+        out = []
+        for msg in msgs:
+            dst = msg.get_attr("NDA_DST")
+            if msg["ifindex"] != index or msg["family"] != socket.AF_INET or not dst:
+                continue
+            mac = msg.get_attr("NDA_LLADDR")
+            state = msg["state"]
+            out.append(
+                Neighbour(
+                    ip=IPv4Address(dst),
+                    mac=mac.lower() if mac and not state & NUD_UNRESOLVED else None,
+                    permanent=bool(state & NUD_PERMANENT),
+                )
+            )
+        return out
+
+    def replace_neighbour(self, name: str, ip: IPv4Address, mac: str) -> None:
+        index = self._index(name)
+        self._call(
+            lambda ipr: ipr.neigh(
+                "replace", ifindex=index, dst=str(ip), lladdr=mac, state=NUD_PERMANENT
+            )
+        )
+
+    def del_neighbour(self, name: str, ip: IPv4Address) -> None:
+        index = self._index(name)
+        self._call(lambda ipr: ipr.neigh("del", ifindex=index, dst=str(ip)))

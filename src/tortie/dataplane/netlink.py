@@ -18,7 +18,7 @@ import errno as errno_mod
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Protocol
 
 from tortie.dataplane.netns import NetnsRef
@@ -56,6 +56,34 @@ class Link:
     tx_packets: int = 0
     rx_dropped: int = 0
     tx_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VXLANAttrs:
+    """The settings of a vxlan device that cannot be changed in place (recreate to change)."""
+
+    vni: int
+    port: int  # UDP destination port
+    local: IPv4Address | None  # source address of the outer header
+    link: int | None  # ifindex of the underlying device (``dev``)
+    learning: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FdbEntry:
+    """A unicast forwarding entry of a vxlan device: frames to ``mac`` go to remote ``dst``."""
+
+    mac: str  # "aa:bb:cc:dd:ee:ff", lower case
+    dst: IPv4Address
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """An IPv4 neighbour (ARP) entry of one device."""
+
+    ip: IPv4Address
+    mac: str | None  # None while unresolved (INCOMPLETE/FAILED)
+    permanent: bool  # NUD_PERMANENT: set by someone, never aged out or probed
 
 
 class Netlink(Protocol):
@@ -102,6 +130,52 @@ class Netlink(Protocol):
         arp: bool | None = None,
     ) -> None:
         """Change only the given attributes."""
+        ...
+
+    # VXLAN devices, their forwarding (FDB) and neighbour entries.
+    def create_vxlan(
+        self,
+        name: str,
+        *,
+        vni: int,
+        port: int,
+        local: IPv4Address,
+        uplink: str,
+        learning: bool = False,
+        mtu: int | None = None,
+        mac: str | None = None,
+    ) -> None:
+        """A vxlan device sending from ``local`` over ``uplink`` (created down)."""
+        ...
+
+    def get_vxlan(self, name: str) -> VXLANAttrs | None:
+        """The vxlan settings of ``name``; None if it does not exist or is not vxlan."""
+        ...
+
+    def set_link_mac(self, name: str, mac: str) -> None: ...
+
+    def list_fdb(self, name: str) -> list[FdbEntry]:
+        """FDB entries of ``name`` that have a remote destination (one per MAC and dst)."""
+        ...
+
+    def replace_fdb(self, name: str, mac: str, dst: IPv4Address) -> None:
+        """Create, or point at ``dst``, the permanent entry for ``mac`` (``bridge fdb replace``)."""
+        ...
+
+    def del_fdb(self, name: str, mac: str, dst: IPv4Address) -> None:
+        """Delete ``mac``'s remote ``dst`` (ENOENT if there is none)."""
+        ...
+
+    def list_neighbours(self, name: str) -> list[Neighbour]:
+        """IPv4 neighbour entries of ``name``."""
+        ...
+
+    def replace_neighbour(self, name: str, ip: IPv4Address, mac: str) -> None:
+        """A permanent entry ``ip`` -> ``mac`` (``ip neigh replace ... nud permanent``)."""
+        ...
+
+    def del_neighbour(self, name: str, ip: IPv4Address) -> None:
+        """Delete the entry for ``ip`` (ENOENT if there is none)."""
         ...
 
     # Addresses (IPv4).
