@@ -91,6 +91,7 @@ from tortie.model.cniwire import (
     Code,
     WireError,
     failure,
+    unix_connect_or_bind,
 )
 from tortie.model.errors import ModelError
 from tortie.model.ipam import ATTR_NAMESPACE, ATTR_NODE, ATTR_POD
@@ -305,7 +306,7 @@ class CniServer:
         temp = os.path.join(directory, f".cni.sock.{os.getpid()}.{secrets.token_hex(4)}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(temp)
+            unix_connect_or_bind(sock, temp, bind=True)
             os.chmod(temp, 0o600)
             sock.listen(128)
             os.rename(temp, self.socket_path)
@@ -327,7 +328,7 @@ class CniServer:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
-            probe.connect(self.socket_path)
+            unix_connect_or_bind(probe, self.socket_path)
         except OSError:
             os.unlink(self.socket_path)  # nobody listens: left by a server that died
             return

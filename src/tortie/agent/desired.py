@@ -10,6 +10,8 @@ Rules (Calico's, see the field notes section 7):
   block must not leak to the default route);
 - a block affine to another node, by the mode of the pool that contains it:
   IPIP ``Always``: ``<block> via <nodeIP> dev tunl0 onlink``;
+  VXLAN ``Always``: ``<block> via <remote VTEP> dev vxlan.calico onlink`` (the VTEP's MAC and
+  node IP are in the FDB, programmed by the VXLAN manager);
   ``CrossSubnet``: direct ``via <nodeIP> dev <uplink>`` when the remote node's IP is inside this
   node's uplink prefix, else through tunl0; ``Never`` (BGP mode): ``via <nodeIP> dev <uplink>``;
 - an address borrowed from a block (allocated to a node other than the block's): a /32 to the
@@ -18,8 +20,8 @@ Rules (Calico's, see the field notes section 7):
 
 Invariants: the result maps each destination to exactly one route (more specific entries are
 separate destinations); prefixes outside every pool are ignored (tortie only routes pod space);
-a remote node without a known IPv4 address gets no routes (it cannot be reached anyway), and
-the blocks it holds are reported in ``unroutable`` so the agent can say why.
+a remote node without a known IPv4 address gets no routes (it cannot be reached anyway); a
+VXLAN route to a node that has not published its VTEP yet is reported in ``unroutable``.
 """
 
 from __future__ import annotations
@@ -47,14 +49,19 @@ class LocalNode:
     address: IPv4Interface  # the uplink address with its prefix, e.g. 192.168.49.2/24
     uplink: str
     tunnel_device: str = "tunl0"
+    vxlan_device: str = "vxlan.calico"
 
 
 @dataclass(frozen=True, slots=True)
 class RemotePrefix:
-    """A pod prefix held by another node: from a block affinity, a borrowed address, or BGP."""
+    """A pod prefix held by another node: from a block affinity, a borrowed address, or BGP.
+
+    ``vtep``: that node's VXLAN tunnel address, when it has one (VXLAN routes go to it).
+    """
 
     prefix: IPv4Network
     node_ip: IPv4Address
+    vtep: IPv4Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,25 +88,42 @@ def pool_for(prefix: IPv4Network, pools: Sequence[PoolInfo]) -> PoolInfo | None:
     return None
 
 
-def needs_tunnel(pool: PoolInfo, local: LocalNode, node_ip: IPv4Address) -> bool:
-    if pool.ipip_mode == "Always":
+def _encapsulates(mode: Mode, local: LocalNode, node_ip: IPv4Address) -> bool:
+    if mode == "Always":
         return True
-    if pool.ipip_mode == "CrossSubnet":
+    if mode == "CrossSubnet":
         return node_ip not in local.address.network
     return False
 
 
-def remote_route(
-    pool: PoolInfo, local: LocalNode, prefix: IPv4Network, node_ip: IPv4Address
-) -> RouteSpec:
-    if needs_tunnel(pool, local, node_ip):
-        return RouteSpec.via(prefix, node_ip, local.tunnel_device, onlink=True)
-    return RouteSpec.via(prefix, node_ip, local.uplink)
+def needs_tunnel(pool: PoolInfo, local: LocalNode, node_ip: IPv4Address) -> bool:
+    """IPIP for traffic to ``node_ip`` under ``pool``'s mode."""
+    return _encapsulates(pool.ipip_mode, local, node_ip)
+
+
+def needs_vxlan(pool: PoolInfo, local: LocalNode, node_ip: IPv4Address) -> bool:
+    return _encapsulates(pool.vxlan_mode, local, node_ip)
+
+
+def remote_route(pool: PoolInfo, local: LocalNode, r: RemotePrefix) -> RouteSpec | None:
+    """The route to ``r`` under ``pool``'s mode; None when VXLAN needs a VTEP we don't know."""
+    if needs_vxlan(pool, local, r.node_ip):
+        if r.vtep is None:
+            return None
+        return RouteSpec.via(r.prefix, r.vtep, local.vxlan_device, onlink=True)
+    if needs_tunnel(pool, local, r.node_ip):
+        return RouteSpec.via(r.prefix, r.node_ip, local.tunnel_device, onlink=True)
+    return RouteSpec.via(r.prefix, r.node_ip, local.uplink)
 
 
 def tunnel_wanted(pools: Iterable[PoolInfo]) -> bool:
     """Whether tunl0 is needed at all: some pool uses IPIP (Always or CrossSubnet)."""
     return any(p.ipip_mode != "Never" for p in pools)
+
+
+def vxlan_wanted(pools: Iterable[PoolInfo]) -> bool:
+    """Whether vxlan.calico is needed: some pool uses VXLAN (Always or CrossSubnet)."""
+    return any(p.vxlan_mode != "Never" for p in pools)
 
 
 def compute_routes(
@@ -117,7 +141,11 @@ def compute_routes(
         pool = pool_for(r.prefix, pools)
         if pool is None or r.node_ip == local.address.ip:
             continue
-        out.routes[r.prefix] = remote_route(pool, local, r.prefix, r.node_ip)
+        route = remote_route(pool, local, r)
+        if route is None:
+            out.unroutable.append(f"{r.prefix}: VXLAN needs the VTEP address of {r.node_ip}")
+            continue
+        out.routes[r.prefix] = route
     for w in workloads:
         out.routes[w.address] = RouteSpec.link(w.address, w.interface)
     return out

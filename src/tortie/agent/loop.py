@@ -32,10 +32,11 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
+from typing import Protocol
 
 from tortie.agent.config import AgentConfig, NodeAddress
 from tortie.agent.desired import (
@@ -46,6 +47,7 @@ from tortie.agent.desired import (
     Workload,
     compute_routes,
     tunnel_wanted,
+    vxlan_wanted,
 )
 from tortie.agent.health import Health, HealthBoard
 from tortie.agent.registration import register_node
@@ -53,6 +55,7 @@ from tortie.agent.state import ClusterState
 from tortie.dataplane.ipip import IPIP_OVERHEAD, IPIPBackend
 from tortie.dataplane.netlink import Netlink
 from tortie.dataplane.routetable import ApplyResult, RouteTable
+from tortie.dataplane.vxlan import VXLAN_OVERHEAD, RemoteVTEP, vtep_mac_for
 from tortie.dataplane.workload import configure_workload_interface
 from tortie.datastore.api import Datastore
 from tortie.datastore.resources import ResourceStore
@@ -63,13 +66,37 @@ from tortie.ipam.client import IPAM
 log = logging.getLogger(__name__)
 
 SYNC_PREFIX = "/tortie/"
-VXLAN_OVERHEAD = 50
 MAX_EVENTS_PER_PASS = 10_000
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
 IPAM_GC_INTERVAL = 300.0
 
 BackendFactory = Callable[[], tuple[IPIPBackend, str]]
+
+
+class Firewall(Protocol):
+    """What the agent needs of tortie's nftables table (NftablesManager)."""
+
+    def ensure_table(self) -> list[str]: ...
+    def resync(self) -> list[str]: ...
+    def set_node_ips(self, ips: Iterable[IPv4Address | str]) -> list[str]: ...
+    def set_pools(
+        self, all_cidrs: Iterable[IPv4Network | str], nat_cidrs: Iterable[IPv4Network | str]
+    ) -> list[str]: ...
+    def set_workloads(self, endpoints: Iterable[tuple[str, IPv4Address | str]]) -> list[str]: ...
+    def counters(self) -> dict[str, int]: ...
+
+
+class Vxlan(Protocol):
+    """What the agent needs of the VXLAN device manager (VXLANManager)."""
+
+    device: str
+
+    def ensure_device(
+        self, mtu: int, vtep_addr: IPv4Interface | None = None, mac: str | None = None
+    ) -> list[str]: ...
+    def set_remote_vteps(self, vteps: Iterable[RemoteVTEP]) -> list[str]: ...
+    def remove(self) -> list[str]: ...
 
 
 @dataclass
@@ -92,6 +119,8 @@ class NodeAgent:
         backend_factory: BackendFactory,
         *,
         ipam: IPAM | None = None,
+        firewall: Firewall | None = None,
+        vxlan_factory: Callable[[], Vxlan] | None = None,
         board: HealthBoard | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -115,10 +144,17 @@ class NodeAgent:
         self.counters = Counters()
         self._backend_factory = backend_factory
         self._backend: IPIPBackend | None = None
+        self.firewall = firewall
+        self._firewall_resync = True
+        self._firewall_counters: dict[str, int] = {}
+        self._vxlan_factory = vxlan_factory
+        self._vxlan: Vxlan | None = None
+        self._vtep: IPv4Address | None = None
+        self.vtep_mac = vtep_mac_for(cfg.node_name)
         self.backend_reason = ""
         self._clock = clock
         self._rng = rng or random.Random()
-        self._pools_signature: tuple[tuple[str, str], ...] | None = None
+        self._pools_signature: tuple[tuple[str, str, str], ...] | None = None
         self._tunnel_addr: IPv4Address | None = None
         self._configured_ifaces: set[str] = set()
         self._retry_at: float | None = None
@@ -168,6 +204,7 @@ class NodeAgent:
                 self._resync_at = now + self._jittered(self.cfg.resync_interval)
                 self.routes.queue_resync()
                 self._configured_ifaces.clear()
+                self._firewall_resync = True
                 self.counters.resyncs += 1
             retry = self._retry_at is not None and now >= self._retry_at
             if self.state.dirty or resync or retry:
@@ -187,7 +224,8 @@ class NodeAgent:
             if p.ip_version == 4
         ]
         want_tunnel = tunnel_wanted(pools)
-        signature = tuple(sorted((str(p.cidr), p.ipip_mode) for p in pools))
+        want_vxlan = vxlan_wanted(pools)
+        signature = tuple(sorted((str(p.cidr), p.ipip_mode, p.vxlan_mode) for p in pools))
         if signature != self._pools_signature:
             try:
                 self._sync_tunnel_address()
@@ -199,6 +237,16 @@ class NodeAgent:
         except (TortieError, OSError, RuntimeError) as err:
             problems.append(f"tunnel device: {err}")
             self.counters.dataplane_errors += 1
+        try:
+            self._sync_vxlan_device(want_vxlan)
+        except (TortieError, OSError, RuntimeError) as err:
+            problems.append(f"vxlan device: {err}")
+            self.counters.dataplane_errors += 1
+        try:
+            self._sync_firewall()
+        except (TortieError, OSError, RuntimeError) as err:
+            problems.append(f"nftables: {err}")
+            self.counters.dataplane_errors += 1
 
         desired = self._desired_routes(pools)
         self.last_desired = desired
@@ -207,8 +255,7 @@ class NodeAgent:
         self.counters.route_writes += result.writes
         self.counters.route_failures += len(result.failed)
         problems += [f"route {f.dst}: {f.message}" for f in result.failed.values()]
-        if result.deferred:
-            problems.append(f"{len(result.deferred)} route(s) wait for their device")
+        problems += desired.unroutable
         self._sync_workload_interfaces()
         self._write_mtu(pools)
         self._after_pass(result, problems)
@@ -217,20 +264,25 @@ class NodeAgent:
     def _desired_routes(self, pools: list[PoolInfo]) -> DesiredRoutes:
         me = self.cfg.node_name
         node_ips: dict[str, IPv4Address] = {}
+        vteps: dict[str, IPv4Address] = {}
         for name in self.state.nodes:
             iface = self.state.node_ipv4(name)
             if iface is not None:
                 node_ips[name] = iface.ip
+            vtep = self.state.node_vtep(name)
+            if vtep is not None:
+                vteps[name] = vtep[0]
         local_blocks: list[IPv4Network] = []
         remote: list[RemotePrefix] = []
         for node, cidr in self.state.confirmed_affinities():
             if node == me:
                 local_blocks.append(cidr)
             elif node in node_ips:
-                remote.append(RemotePrefix(cidr, node_ips[node]))
+                remote.append(RemotePrefix(cidr, node_ips[node], vteps.get(node)))
         for addr, holder in self.state.borrowed():
             if holder != me and holder in node_ips:
-                remote.append(RemotePrefix(IPv4Network(f"{addr}/32"), node_ips[holder]))
+                prefix = IPv4Network(f"{addr}/32")
+                remote.append(RemotePrefix(prefix, node_ips[holder], vteps.get(holder)))
         workloads = [
             Workload(IPv4Network(net, strict=False), wep.spec.interface_name)
             for wep in self.state.local_workloads()
@@ -241,19 +293,23 @@ class NodeAgent:
         return compute_routes(self.local, pools, local_blocks, remote, workloads)
 
     def _sync_tunnel_address(self) -> None:
-        """Ensure (or release) our tunnel address in IPAM and record it on our Node."""
-        addr = self.ipam.ensure_tunnel_address(self.cfg.node_name)
-        ip = addr if isinstance(addr, IPv4Address) else None
-        if ip is None:
-            self.ipam.release_tunnel_address(self.cfg.node_name)
+        """Ensure (or release) our IPIP and VXLAN tunnel addresses in IPAM; record them on
+        our Node so other nodes can route (and build FDB entries) to them."""
+        me = self.cfg.node_name
+        ipip = self.ipam.ensure_tunnel_address(me, "ipip")
+        vtep = self.ipam.ensure_tunnel_address(me, "vxlan")
+        ipip_v4 = ipip if isinstance(ipip, IPv4Address) else None
+        vtep_v4 = vtep if isinstance(vtep, IPv4Address) else None
         register_node(
             self.resources,
-            self.cfg.node_name,
+            me,
             self.address.address,
             as_number=self.cfg.as_number,
-            tunnel_address=ip,
+            tunnel_address=ipip_v4,
+            vxlan=(vtep_v4, self.vtep_mac if vtep_v4 else None),
         )
-        self._tunnel_addr = ip
+        self._tunnel_addr = ipip_v4
+        self._vtep = vtep_v4
 
     def _sync_tunnel_device(self, wanted: bool) -> None:
         if not wanted:
@@ -282,6 +338,59 @@ class NodeAgent:
         changes += device_changes
         if changes:
             log.info("tunnel: %s", "; ".join(changes))
+
+    def _sync_vxlan_device(self, wanted: bool) -> None:
+        if not wanted or self._vtep is None:
+            if self._vxlan is not None:
+                changes = self._vxlan.remove()
+                if changes:
+                    log.info("VXLAN off: %s", "; ".join(changes))
+            return
+        if self._vxlan is None:
+            if self._vxlan_factory is None:
+                raise RuntimeError("a pool uses VXLAN but this agent has no VXLAN manager")
+            self._vxlan = self._vxlan_factory()
+        me = self.cfg.node_name
+        remotes: list[RemoteVTEP] = []
+        for name in self.state.nodes:
+            iface = self.state.node_ipv4(name)
+            vtep = self.state.node_vtep(name)
+            if name != me and iface is not None and vtep is not None and vtep[1]:
+                remotes.append(RemoteVTEP(iface.ip, vtep[0], vtep[1]))
+        mtu = self.host_mtu() - VXLAN_OVERHEAD
+        device_changes = self._vxlan.ensure_device(
+            mtu, IPv4Interface(f"{self._vtep}/32"), self.vtep_mac
+        )
+        if device_changes:
+            self.routes.on_interface_update(self._vxlan.device)
+        changes = device_changes + self._vxlan.set_remote_vteps(remotes)
+        if changes:
+            log.info("vxlan: %s", "; ".join(changes))
+
+    def _sync_firewall(self) -> None:
+        fw = self.firewall
+        if fw is None:
+            return
+        changes: list[str] = []
+        if self._firewall_resync:
+            changes += fw.resync()
+            self._firewall_counters = fw.counters()
+            self._firewall_resync = False
+        node_ips = [iface.ip for name in self.state.nodes if (iface := self.state.node_ipv4(name))]
+        pools = [p for p in self.state.pools.values() if p.ip_version == 4]
+        changes += fw.set_node_ips(node_ips)
+        changes += fw.set_pools(
+            [p.spec.cidr for p in pools], [p.spec.cidr for p in pools if p.spec.nat_outgoing]
+        )
+        changes += fw.set_workloads(
+            (wep.spec.interface_name, IPv4Interface(net).ip)
+            for wep in self.state.local_workloads()
+            if wep.spec.interface_name
+            for net in wep.spec.ip_networks
+            if ":" not in net
+        )
+        if changes:
+            log.info("nftables: %s", "; ".join(changes))
 
     def _sync_workload_interfaces(self) -> None:
         present = {link.name for link in self.netlink.list_links()}
@@ -334,21 +443,29 @@ class NodeAgent:
         log.debug("IPAM gc: %s", result)
 
     def _after_pass(self, result: ApplyResult, problems: list[str]) -> None:
+        """Record convergence and schedule the retry. Waiting (a pod's interface not there
+        yet, a CNI route in its grace period) is normal and retried quietly; failures back off
+        exponentially and are logged."""
         self._converged = not problems and result.converged
         if self._converged:
             self._retry_at = None
             self._retry_delay = RETRY_MIN
             self._detail = "ok"
             return
-        self._detail = "; ".join(problems[:3]) or "routes in their CNI grace period"
-        delay = self._retry_delay
-        if result.retry_after is not None and not problems:
-            delay = max(0.05, result.retry_after)
-        else:
-            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
-        self._retry_at = self._clock() + delay
+        waiting = []
+        if result.deferred:
+            waiting.append(f"{len(result.deferred)} route(s) wait for their device")
+        if result.in_grace:
+            waiting.append(f"{len(result.in_grace)} CNI route(s) in their grace period")
+        self._detail = "; ".join((problems + waiting)[:3])
         if problems:
+            delay = self._retry_delay
+            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
             log.warning("not converged (retry in %.1fs): %s", delay, self._detail)
+        else:
+            delay = RETRY_MIN if result.retry_after is None else max(0.05, result.retry_after)
+            log.debug("waiting (retry in %.1fs): %s", delay, self._detail)
+        self._retry_at = self._clock() + delay
 
     def _fold(self, timeout: float) -> None:
         try:
@@ -384,6 +501,8 @@ class NodeAgent:
         if self._backend is not None:
             for name, value in self._backend.counters().items():
                 counters[f"ipip_{name}_total"] = value
+        for name, value in self._firewall_counters.items():
+            counters[f"nft_{name}_total"] = value
         gauges: dict[str, float] = {
             "in_sync": float(self.state.in_sync),
             "converged": float(self._converged),
@@ -416,10 +535,13 @@ class NodeAgent:
             "ipip_backend": self._backend.name if self._backend else None,
             "ipip_backend_reason": self.backend_reason,
             "tunnel_address": str(self._tunnel_addr) if self._tunnel_addr else None,
+            "vxlan_tunnel_address": str(self._vtep) if self._vtep else None,
+            "firewall_counters": dict(self._firewall_counters),
         }
 
-    def write_status(self) -> None:
-        _atomic_write(self.cfg.status_file, json.dumps(self.status(), indent=2) + "\n")
+    def write_status(self, status: dict[str, object] | None = None) -> None:
+        status = self.status() if status is None else status
+        _atomic_write(self.cfg.status_file, json.dumps(status, indent=2) + "\n")
 
 
 def _atomic_write(path: Path, text: str) -> None:

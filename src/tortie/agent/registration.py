@@ -26,11 +26,13 @@ def register_node(
     *,
     as_number: int | None = None,
     tunnel_address: IPv4Address | bool | None = False,
+    vxlan: tuple[IPv4Address | None, str | None] | None = None,
     labels: dict[str, str] | None = None,
 ) -> Node:
     """Create or update Node ``name``; returns it as stored.
 
     ``tunnel_address``: an address to record, ``None`` to clear it, ``False`` to leave it.
+    ``vxlan``: (VTEP address, VTEP MAC) to record (``None`` members clear), or None to leave.
     ``as_number``/``labels``: set when given, else left as the user had them.
     """
     for attempt in range(MAX_ATTEMPTS):
@@ -41,6 +43,7 @@ def register_node(
             address=address,
             as_number=as_number,
             tunnel_address=tunnel_address,
+            vxlan=vxlan,
             labels=labels,
         )
         if current is not None and _same(current, wanted):
@@ -66,6 +69,7 @@ def _wanted(
     address: IPv4Interface,
     as_number: int | None,
     tunnel_address: IPv4Address | bool | None,
+    vxlan: tuple[IPv4Address | None, str | None] | None,
     labels: dict[str, str] | None,
 ) -> Node:
     # The current Node carries its resourceVersion, which makes the apply a CAS.
@@ -79,7 +83,12 @@ def _wanted(
             str(tunnel_address) if isinstance(tunnel_address, IPv4Address) else None
         )
     bgp = bgp.model_copy(update=changes)
-    node = base.with_spec(bgp=bgp)
+    spec_changes: dict[str, object] = {"bgp": bgp}
+    if vxlan is not None:
+        vtep, mac = vxlan
+        spec_changes["ipv4_vxlan_tunnel_addr"] = str(vtep) if vtep is not None else None
+        spec_changes["vxlan_tunnel_mac_addr"] = mac
+    node = base.with_spec(**spec_changes)
     if labels:
         node = node.with_metadata(labels={**node.metadata.labels, **labels})
     return node

@@ -22,10 +22,12 @@ import time
 from types import FrameType
 
 from tortie.agent.cniserver import CniServer
-from tortie.agent.config import AgentConfig, detect_address
+from tortie.agent.config import AgentConfig, AgentConfigError, detect_address
 from tortie.agent.health import HealthBoard, serve
 from tortie.agent.loop import NodeAgent
 from tortie.dataplane.ipip import IPIPBackend, make_ipip_backend
+from tortie.dataplane.nftables import NftablesManager
+from tortie.dataplane.vxlan import VXLANManager
 from tortie.datastore.api import Datastore, UnavailableError
 from tortie.datastore.factory import open_datastore
 from tortie.ipam.client import IPAM
@@ -75,8 +77,20 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
             bpf_object=cfg.bpf_object,
         )
 
+    def vxlan_factory() -> VXLANManager:
+        return VXLANManager(netlink, node_ip=address.address.ip, uplink=address.uplink)
+
     board = HealthBoard()
-    agent = NodeAgent(cfg, store, netlink, address, backend_factory, board=board)
+    agent = NodeAgent(
+        cfg,
+        store,
+        netlink,
+        address,
+        backend_factory,
+        firewall=NftablesManager(),
+        vxlan_factory=vxlan_factory,
+        board=board,
+    )
     agent.register()
     # The CNI plugin is a thin stdlib client; this server does the pod wiring, warm.
     cni = CniServer(
@@ -86,7 +100,13 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         IPAM(store),
         lambda: agent.current_pod_mtu,
     )
-    cni.start()
+    try:
+        cni.start()
+    except OSError as err:
+        raise AgentConfigError(
+            f"cannot serve the CNI socket {cfg.cni_socket}: {err.strerror or err}; "
+            "choose another --state-dir"
+        ) from err
     log.info("CNI server listening on %s", cfg.cni_socket)
     server = serve(board, cfg.health_host, cfg.health_port) if cfg.health_port else None
     pid_file = cfg.node_state_dir / "agent.pid"
@@ -112,12 +132,17 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
 
 
 def _status_writer(agent: NodeAgent, stop: threading.Event) -> None:
+    """Keep the status file current (the lab waits on it; ``node status`` reads it)."""
+    last = None
     while not stop.is_set():
-        try:
-            agent.write_status()
-        except OSError as err:
-            log.debug("status file: %s", err)
-        stop.wait(1.0)
+        status = agent.status()
+        if status != last:
+            try:
+                agent.write_status(status)
+                last = status
+            except OSError as err:
+                log.debug("status file: %s", err)
+        stop.wait(0.2)
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

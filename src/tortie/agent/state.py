@@ -150,6 +150,17 @@ class ClusterState:
         except ValueError:
             return None
 
+    def node_vtep(self, name: str) -> tuple[IPv4Address, str | None] | None:
+        """A node's VXLAN tunnel address and VTEP MAC, if it published them."""
+        node = self.nodes.get(name)
+        if node is None or not node.spec.ipv4_vxlan_tunnel_addr:
+            return None
+        try:
+            addr = IPv4Address(node.spec.ipv4_vxlan_tunnel_addr.split("/")[0])
+        except ValueError:
+            return None
+        return addr, node.spec.vxlan_tunnel_mac_addr
+
     def confirmed_affinities(self) -> Iterator[tuple[str, IPv4Network]]:
         for aff in self.affinities.values():
             if aff.state is ipam_model.AffinityState.CONFIRMED and aff.cidr.version == 4:

@@ -19,7 +19,14 @@ from __future__ import annotations
 import _socket
 
 from tortie.cni.spec import CniError
-from tortie.model.cniwire import MAX_MESSAGE, CniRequest, CniResponse, Code, WireError
+from tortie.model.cniwire import (
+    MAX_MESSAGE,
+    CniRequest,
+    CniResponse,
+    Code,
+    WireError,
+    unix_connect_or_bind,
+)
 
 
 def agent_down(path: str, why: str, command: str) -> CniError:
@@ -38,7 +45,7 @@ def call_agent(path: str, request: CniRequest, timeout: float) -> CniResponse:
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            unix_connect_or_bind(sock, path)
         except FileNotFoundError:
             raise agent_down(path, "no socket", request.command) from None
         except ConnectionRefusedError:

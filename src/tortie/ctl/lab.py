@@ -63,7 +63,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="cni",
         help="cni: through the CNI plugin; manual: Calico's wiring by hand, routed natively",
     )
-    up.add_argument("--agents", action="store_true", help="start 'tortie node run' on every node")
+    up.add_argument(
+        "--agents",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start 'tortie node run' on every node (default: yes with --wire-pods cni)",
+    )
     up.add_argument(
         "--agent-cmd",
         metavar="TEMPLATE",
@@ -147,7 +152,11 @@ def _up(args: argparse.Namespace) -> int:
         tor=args.tor,
         datastore=args.lab_datastore or getattr(args, "datastore", None),
         wire_pods=args.wire_pods,
-        agents=args.agents or args.agent_cmd is not None,
+        agents=(
+            args.agents
+            if args.agents is not None
+            else args.wire_pods == "cni" or args.agent_cmd is not None
+        ),
     )
     if args.dry_run:
         topology = build_topology(options, 1)

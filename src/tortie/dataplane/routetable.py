@@ -346,6 +346,15 @@ class RouteTable:
         if have is not None and self._same(have, target):
             self._settle(dst)
             return None
+        if (
+            have is None
+            and want.device is not None
+            and want.device.startswith(self.owned_iface_prefixes or ("\0",))
+        ):
+            # The CNI plugin adds a pod's /32 right after our last dump, before we hear of the
+            # pod: "add" would meet EEXIST and cost a resync. Routes through an owned interface
+            # are ours whoever wrote them, so replace outright.
+            return RouteOp("replace", target)
         return RouteOp("add" if have is None else "replace", target)
 
     def _settle(self, dst: IPv4Network) -> None:
@@ -369,11 +378,12 @@ class RouteTable:
                 self._kernel.pop(dst, None)
                 result.deleted += error is None
             else:
-                self._kernel[dst] = op.route
-                if op.action == "add":
+                # A replace of a route we did not know of (see _plan) adds one.
+                if op.action == "add" or dst not in self._kernel:
                     result.added += 1
                 else:
                     result.replaced += 1
+                self._kernel[dst] = op.route
             self._settle(dst)
             return
         if error.code in DEVICE_NOT_READY:

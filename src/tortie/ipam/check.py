@@ -47,6 +47,7 @@ from tortie.model.ipam import (
     ATTR_TIMESTAMP,
     ATTR_TYPE,
     TYPE_IPIP_TUNNEL,
+    TYPE_VXLAN_TUNNEL,
     AllocationAttribute,
     AllocationBlock,
     BlockAffinity,
@@ -58,6 +59,11 @@ from tortie.model.ipam import (
 from tortie.model.resources import IPPool, Node, WorkloadEndpoint
 
 TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
+VXLAN_TUNNEL_HANDLE_PREFIX = "vxlan-tunnel-addr-"
+_TUNNEL_TYPES = {
+    TYPE_IPIP_TUNNEL: TUNNEL_HANDLE_PREFIX,
+    TYPE_VXLAN_TUNNEL: VXLAN_TUNNEL_HANDLE_PREFIX,
+}
 
 
 class ProblemKind(enum.StrEnum):
@@ -181,9 +187,17 @@ def _about_allocation(
     )
 
 
-def is_tunnel(attr: AllocationAttribute) -> bool:
+def tunnel_type(attr: AllocationAttribute) -> str | None:
+    """``ipipTunnelAddress`` / ``vxlanTunnelAddress`` for a node's tunnel address, else None."""
+    kind = attr.attrs.get(ATTR_TYPE)
+    if kind in _TUNNEL_TYPES:
+        return kind
     handle = attr.handle_id or ""
-    return attr.attrs.get(ATTR_TYPE) == TYPE_IPIP_TUNNEL or handle.startswith(TUNNEL_HANDLE_PREFIX)
+    return next((t for t, prefix in _TUNNEL_TYPES.items() if handle.startswith(prefix)), None)
+
+
+def is_tunnel(attr: AllocationAttribute) -> bool:
+    return tunnel_type(attr) is not None
 
 
 def _endpoint_ips(wep: WorkloadEndpoint) -> list[IPAddress]:
@@ -196,7 +210,9 @@ def _endpoint_ips(wep: WorkloadEndpoint) -> list[IPAddress]:
     return out
 
 
-def _tunnel_of(node: Node) -> str | None:
+def _tunnel_of(node: Node, kind: str) -> str | None:
+    if kind == TYPE_VXLAN_TUNNEL:
+        return node.spec.ipv4_vxlan_tunnel_addr
     bgp = node.spec.bgp
     return None if bgp is None else bgp.ipv4_ipip_tunnel_addr
 
@@ -295,12 +311,13 @@ class Checker:
     ) -> str | None:
         a = attr.attrs
         node = a.get(ATTR_NODE)
-        if is_tunnel(attr):
-            node = node or (attr.handle_id or "").removeprefix(TUNNEL_HANDLE_PREFIX)
+        kind = tunnel_type(attr)
+        if kind is not None:
+            node = node or (attr.handle_id or "").removeprefix(_TUNNEL_TYPES[kind])
             n = nodes.get(node)
             if n is None:
                 return f"its node {node} does not exist"
-            used = _tunnel_of(n)
+            used = _tunnel_of(n, kind)
             if used and used != str(ip):
                 return f"node {node} uses tunnel address {used}"
             return None

@@ -22,11 +22,17 @@ import ipaddress
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from tortie.datastore.api import Datastore
 from tortie.ipam.affinity import AffinityManager
 from tortie.ipam.assign import Allocation, Assigner
-from tortie.ipam.check import TUNNEL_HANDLE_PREFIX, Checker, CheckReport
+from tortie.ipam.check import (
+    TUNNEL_HANDLE_PREFIX,
+    VXLAN_TUNNEL_HANDLE_PREFIX,
+    Checker,
+    CheckReport,
+)
 from tortie.ipam.clock import Clock, SystemClock
 from tortie.ipam.errors import InvalidRequestError, NoPoolsError
 from tortie.ipam.gc import DEFAULT_GRACE_SECONDS, Collector, GCResult
@@ -39,6 +45,7 @@ from tortie.model.ipam import (
     ATTR_NODE,
     ATTR_TYPE,
     TYPE_IPIP_TUNNEL,
+    TYPE_VXLAN_TUNNEL,
     AffinityState,
     BlockAffinity,
     IPAddress,
@@ -53,8 +60,13 @@ def pod_handle(container_id: str, network: str = DEFAULT_POD_NETWORK) -> str:
     return f"{network}.{container_id}"
 
 
-def tunnel_handle(node: str) -> str:
-    return f"{TUNNEL_HANDLE_PREFIX}{node}"
+TunnelKind = Literal["ipip", "vxlan"]
+
+
+def tunnel_handle(node: str, kind: TunnelKind = "ipip") -> str:
+    """``ipip-tunnel-addr-<node>`` or ``vxlan-tunnel-addr-<node>`` (Calico's handles)."""
+    prefix = TUNNEL_HANDLE_PREFIX if kind == "ipip" else VXLAN_TUNNEL_HANDLE_PREFIX
+    return f"{prefix}{node}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,14 +219,16 @@ class IPAM:
         return Usage(self.store, self.view).borrowed(node)
 
     # -- tunnel address -------------------------------------------------------------------
-    def ensure_tunnel_address(self, node: str) -> IPAddress | None:
-        """The node's IPIP tunnel address, assigned if needed; None when no IPIP pool.
+    def ensure_tunnel_address(self, node: str, kind: TunnelKind = "ipip") -> IPAddress | None:
+        """The node's IPIP (or VXLAN) tunnel address, assigned if needed; None when no pool
+        uses that encapsulation.
 
         Pools considered: enabled IPv4 pools selecting the node, allowing Tunnel use, with
-        ``ipipMode`` other than Never. An address outside those (IPIP turned off on its
-        pool, pool deleted) is released, and a new one is taken from a current pool.
+        ``ipipMode`` (``vxlanMode``) other than Never. An address outside those (the mode
+        turned off on its pool, pool deleted) is released, and a new one is taken from a
+        current pool.
         """
-        handle = tunnel_handle(node)
+        handle = tunnel_handle(node, kind)
         try:
             candidates = select_pools(
                 self.view.pools(),
@@ -226,26 +240,32 @@ class IPAM:
             )
         except NoPoolsError:
             candidates = []  # no pool for this node: no tunnel address, not an error
-        ipip = [p for p in candidates if p.spec.ipip_mode != "Never"]
+        if kind == "ipip":
+            usable = [p for p in candidates if p.spec.ipip_mode != "Never"]
+        else:
+            usable = [p for p in candidates if p.spec.vxlan_mode != "Never"]
         current = self.addresses_for_handle(handle)
-        keep = next((ip for ip in current if pool_for(ipip, ip) is not None), None)
+        keep = next((ip for ip in current if pool_for(usable, ip) is not None), None)
         extra = [ip for ip in current if ip != keep]
         if extra:
             self._releaser.ips(ReleaseRequest(ip, handle) for ip in extra)
-        if keep is not None or not ipip:
+        if keep is not None or not usable:
             return keep
         got = self.assign_detailed(
             node=node,
             handle=handle,
             count=1,
-            pools=[p.spec.cidr for p in ipip],
-            attrs={ATTR_NODE: node, ATTR_TYPE: TYPE_IPIP_TUNNEL},
+            pools=[p.spec.cidr for p in usable],
+            attrs={
+                ATTR_NODE: node,
+                ATTR_TYPE: TYPE_IPIP_TUNNEL if kind == "ipip" else TYPE_VXLAN_TUNNEL,
+            },
             use=USE_TUNNEL,
         )
         return got[0].ip
 
-    def release_tunnel_address(self, node: str) -> list[IPAddress]:
-        return self.release_by_handle(tunnel_handle(node))
+    def release_tunnel_address(self, node: str, kind: TunnelKind = "ipip") -> list[IPAddress]:
+        return self.release_by_handle(tunnel_handle(node, kind))
 
     # -- node lifecycle -------------------------------------------------------------------
     def release_node(self, node: str) -> NodeRelease:
@@ -256,6 +276,7 @@ class IPAM:
         """
         released = self._releaser.matching_attrs(ATTR_NODE, node)
         released += self.release_tunnel_address(node)
+        released += self.release_tunnel_address(node, "vxlan")
         cidrs = {a.value.cidr for a in self.store.affinities(node)}
         cidrs |= {b.value.cidr for b in self.store.blocks() if b.value.node == node}
         blocks = [

@@ -23,10 +23,13 @@ unless the lab was asked for agents (``LabOptions.agents``) because the agent la
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,12 +181,9 @@ def start_node_agents(
     enabled: bool,
     template: str = DEFAULT_AGENT_TEMPLATE,
 ) -> list[ProcessRecord]:
-    """Start one agent per node (``tortie node run``), or nothing when not ``enabled``.
-
-    TODO(issue 5): once ``tortie node run`` is complete, turn agents on by default, wait for
-    each agent's readiness (its status file or /readyz) before pods are created, and start
-    the BGP speakers (issue 6) here, recorded with role "speaker".
-    """
+    """Start one agent per node (``tortie node run``), or nothing when not ``enabled``, and
+    wait until every agent is in sync with the datastore and serves its CNI socket (pods are
+    created right after this)."""
     if not enabled:
         progress("agents: not started (the lab runs without node agents; --agents starts them)")
         return []
@@ -194,4 +194,62 @@ def start_node_agents(
         record = spawn_in_node(journal, runtime, "agent", argv, "agent.log")
         progress(f"{node.name}: agent pid {record.pid} ({record.log})")
         started.append(record)
+    if template != DEFAULT_AGENT_TEMPLATE:
+        # A developer's stand-in (--agent-cmd) need not speak tortie's status protocol.
+        progress("agents: custom command, not waiting for readiness")
+        return started
+    for record in started:
+        runtime = node_runtime(topology, journal.state, record.node or "")
+        wait_agent_ready(runtime, record)
     return started
+
+
+AGENT_READY_TIMEOUT = 60.0
+
+
+def wait_agent_ready(
+    runtime: NodeRuntime, record: ProcessRecord, timeout: float = AGENT_READY_TIMEOUT
+) -> None:
+    """Until the agent's status file says in sync and its CNI socket exists."""
+    status = Path(runtime.dirs.state_dir) / "status.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(record.pid):
+            raise LabBuildError(
+                f"the agent of {runtime.node.name} exited; its log {record.log} says:\n"
+                + _tail(record.log)
+            )
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(status.read_text()).get("in_sync") and os.path.exists(
+                runtime.agent_socket
+            ):
+                return
+        time.sleep(0.05)
+    raise LabBuildError(
+        f"the agent of {runtime.node.name} was not ready after {timeout:.0f}s; see {record.log}"
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. Reaps it if it is our exited child (a zombie still has a
+    /proc entry, so that alone would make a dead agent look alive)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: /proc decides
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _tail(path: str | None, lines: int = 5) -> str:
+    if path is None:
+        return "(no log)"
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"(cannot read: {err})"

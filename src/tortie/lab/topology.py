@@ -79,7 +79,7 @@ class LabOptions:
     tor: bool = False
     datastore: str | None = None  # None: an SQLite file in the lab's directory
     wire_pods: PodWiringMode = "cni"
-    agents: bool = False  # start ``tortie node run`` per node (off until the agent lands)
+    agents: bool = False  # start ``tortie node run`` per node (the CLI: on with cni wiring)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

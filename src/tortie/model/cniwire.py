@@ -406,3 +406,24 @@ def default_socket_path(node: str) -> str:
             f"{SOCKET_CONFIG_KEY!r} in the CNI config to a shorter path"
         )
     return path
+
+
+def unix_connect_or_bind(sock: Any, path: str, *, bind: bool = False) -> None:
+    """``sock.connect(path)`` (or ``bind``) even when ``path`` is longer than sun_path.
+
+    Lab and test directories can be deep; the kernel limits a socket address to 107 bytes.
+    A longer path is reached through ``/proc/self/fd/<dir fd>/<name>``, which names the same
+    directory in a few bytes. Errors are the usual OSErrors of connect/bind.
+    """
+    if len(path.encode()) <= SUN_PATH_MAX:
+        (sock.bind if bind else sock.connect)(path)
+        return
+    import os
+
+    directory, name = os.path.split(path)
+    fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY)
+    try:
+        short = f"/proc/self/fd/{fd}/{name}"
+        (sock.bind if bind else sock.connect)(short)
+    finally:
+        os.close(fd)

@@ -55,6 +55,7 @@ ATTR_NODE = "node"
 ATTR_TYPE = "type"
 ATTR_TIMESTAMP = "timestamp"
 TYPE_IPIP_TUNNEL = "ipipTunnelAddress"
+TYPE_VXLAN_TUNNEL = "vxlanTunnelAddress"
 
 
 class IPAMDataError(TortieError):

@@ -145,8 +145,13 @@ def test_exec_status_and_errors(cli: LabCli) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
     bad = cli.run("ping", "pod1", "pod9", check=False)
     assert bad.returncode == 1 and "has no node or pod 'pod9'" in bad.stderr
-    cni = cli.run("up", "--name", unique_name("cni"), check=False)
-    assert cni.returncode == 1 and "--wire-pods manual" in cni.stderr
+    # The default lab wires pods through the real CNI plugin, served by real node agents.
+    cni_name = unique_name("cni")
+    cni = cli.run("up", "--name", cni_name, check=False)
+    assert cni.returncode == 0, cni.stderr
+    cni_status = json.loads(cli.run("status", "--name", cni_name, "-o", "json").stdout)
+    assert cni_status["phase"] == "up"
+    down_and_check_clean(cli, cni_name)
     down_and_check_clean(cli, name)
     gone = cli.run("down", "--name", name, check=False)
     assert gone.returncode == 1 and "no lab named" in gone.stderr

@@ -76,3 +76,25 @@ def test_borrowed_slash32_beats_block_and_workloads_are_link_routes() -> None:
 def test_tunnel_wanted(modes: list[str], wanted: bool) -> None:
     pools = [PoolInfo(IPv4Network(f"10.{i}.0.0/16"), ipip_mode=m) for i, m in enumerate(modes)]  # type: ignore[arg-type]
     assert tunnel_wanted(pools) is wanted
+
+
+def test_vxlan_routes_go_to_the_remote_vtep_and_crosssubnet_applies() -> None:
+    vtep2, vtep3 = IPv4Address("10.244.205.192"), IPv4Address("10.244.7.0")
+    remote = [
+        RemotePrefix(BLOCK_SAME, SAME_SUBNET, vtep2),
+        RemotePrefix(BLOCK_OTHER, OTHER_SUBNET, vtep3),
+    ]
+    always = compute_routes(LOCAL, [PoolInfo(POOL, vxlan_mode="Always")], [], remote).routes
+    assert str(always[BLOCK_SAME]) == (
+        "10.244.205.192/26 via 10.244.205.192 dev vxlan.calico onlink"
+    )
+    cross = compute_routes(LOCAL, [PoolInfo(POOL, vxlan_mode="CrossSubnet")], [], remote).routes
+    assert str(cross[BLOCK_SAME]) == "10.244.205.192/26 via 192.168.49.3 dev eth0"
+    assert str(cross[BLOCK_OTHER]) == "10.244.7.0/26 via 10.244.7.0 dev vxlan.calico onlink"
+
+
+def test_vxlan_without_a_known_vtep_is_reported_not_guessed() -> None:
+    remote = [RemotePrefix(BLOCK_SAME, SAME_SUBNET)]
+    out = compute_routes(LOCAL, [PoolInfo(POOL, vxlan_mode="Always")], [], remote)
+    assert out.routes == {}
+    assert "VTEP" in out.unroutable[0]

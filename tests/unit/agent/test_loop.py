@@ -14,6 +14,7 @@ from tortie.agent.registration import register_node
 from tortie.dataplane.fake_netlink import FakeNetlink
 from tortie.dataplane.ipip import TunnelAddr
 from tortie.dataplane.routes import KernelRoute
+from tortie.dataplane.vxlan import RemoteVTEP
 from tortie.datastore.memory import MemoryDatastore
 from tortie.datastore.resources import ResourceStore
 from tortie.datastore.syncer import InSync, Update
@@ -63,11 +64,78 @@ class FakeBackend:
         return ["removed tunl0"]
 
 
+class FakeFirewall:
+    def __init__(self) -> None:
+        self.node_ips: set[str] = set()
+        self.pools: tuple[set[str], set[str]] = (set(), set())
+        self.workloads: set[tuple[str, str]] = set()
+        self.resyncs = 0
+
+    def ensure_table(self) -> list[str]:
+        return []
+
+    def resync(self) -> list[str]:
+        self.resyncs += 1
+        return []
+
+    def set_node_ips(self, ips: Iterable[object]) -> list[str]:
+        self.node_ips = {str(i) for i in ips}
+        return []
+
+    def set_pools(self, all_cidrs: Iterable[object], nat_cidrs: Iterable[object]) -> list[str]:
+        self.pools = ({str(c) for c in all_cidrs}, {str(c) for c in nat_cidrs})
+        return []
+
+    def set_workloads(self, endpoints: Iterable[tuple[str, object]]) -> list[str]:
+        self.workloads = {(i, str(a)) for i, a in endpoints}
+        return []
+
+    def counters(self) -> dict[str, int]:
+        return {"spoofed": 2, "ipip_dropped": 1}
+
+
+class FakeVxlan:
+    device = "vxlan.calico"
+
+    def __init__(self, netlink: FakeNetlink) -> None:
+        self.netlink = netlink
+        self.mtu: int | None = None
+        self.addr: object = None
+        self.mac: str | None = None
+        self.remotes: list[object] = []
+
+    def ensure_device(
+        self, mtu: int, vtep_addr: object = None, mac: str | None = None
+    ) -> list[str]:
+        created = self.netlink.get_link(self.device) is None
+        if created:
+            self.netlink.add_link(self.device, kind="vxlan", mtu=mtu)
+        self.mtu, self.addr, self.mac = mtu, vtep_addr, mac
+        return ["created"] if created else []
+
+    def set_remote_vteps(self, vteps: Iterable[object]) -> list[str]:
+        self.remotes = sorted(vteps, key=str)
+        return []
+
+    def remove(self) -> list[str]:
+        if self.netlink.get_link(self.device) is None:
+            return []
+        self.netlink.delete_link(self.device)
+        return ["removed"]
+
+
 POOL = """
 apiVersion: projectcalico.org/v3
 kind: IPPool
 metadata: {name: pool}
-spec: {cidr: 10.244.0.0/16, ipipMode: %s}
+spec: {cidr: 10.244.0.0/16, ipipMode: %s, natOutgoing: true}
+"""
+
+VXLAN_POOL = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pool}
+spec: {cidr: 10.244.0.0/16, vxlanMode: %s}
 """
 
 
@@ -79,6 +147,8 @@ class Harness:
         self.kernel = FakeNetlink()
         self.kernel.add_link("eth0", kind=None)
         self.backend = FakeBackend(self.kernel)
+        self.firewall = FakeFirewall()
+        self.vxlan = FakeVxlan(self.kernel)
         self.now = 0.0
         cfg = AgentConfig(node_name="node1", datastore_url="memory://", state_dir=tmp_path)
         addr = NodeAddress(IPv4Interface("192.168.49.2/24"), "eth0", "test")
@@ -89,6 +159,8 @@ class Harness:
             addr,
             lambda: (self.backend, "test"),
             ipam=self.ipam,
+            firewall=self.firewall,
+            vxlan_factory=lambda: self.vxlan,
             clock=lambda: self.now,
         )
         self.agent.register()
@@ -96,6 +168,9 @@ class Harness:
 
     def set_mode(self, mode: str) -> None:
         self.res.apply(load_documents(POOL % mode, "pool.yaml"))
+
+    def set_vxlan_mode(self, mode: str) -> None:
+        self.res.apply(load_documents(VXLAN_POOL % mode, "pool.yaml"))
 
     def add_node(self, name: str, ip: str) -> None:
         register_node(self.res, name, IPv4Interface(ip))
@@ -279,3 +354,53 @@ def test_steady_state_passes_write_nothing(h: Harness) -> None:
         h.agent.run_once()
     assert h.kernel.route_writes == writes
     assert h.agent.board.ready() == (True, "ok")
+
+
+def test_vxlan_mode_publishes_vtep_and_routes_via_remote_vteps(h: Harness, tmp_path: Path) -> None:
+    h.set_vxlan_mode("Always")
+    h.add_node("node2", "192.168.49.3/24")
+    remote = h.ipam.assign(node="node2", handle="x.b")[0]
+    block = str(IPv4Network(f"{remote}/26", strict=False))
+    h.sync()
+    me = h.res.require(Node, "node1")
+    assert me.spec.ipv4_vxlan_tunnel_addr and me.spec.vxlan_tunnel_mac_addr == h.agent.vtep_mac
+    assert h.vxlan.mtu == 1450 and h.cfg.mtu_file.read_text() == "1450\n"
+    # node2 has no agent here: publish its VTEP as its agent would.
+    vtep2 = h.ipam.ensure_tunnel_address("node2", "vxlan")
+    assert vtep2 is not None
+    register_node(
+        h.res,
+        "node2",
+        IPv4Interface("192.168.49.3/24"),
+        vxlan=(IPv4Address(str(vtep2)), "66:aa:bb:cc:dd:ee"),
+    )
+    assert block not in h.routes()  # until the VTEP is known: reported, not guessed
+    h.sync()
+    assert h.routes()[block] == f"via {vtep2} dev vxlan.calico onlink"
+    assert [str(r) for r in h.vxlan.remotes] == [
+        str(RemoteVTEP(IPv4Address("192.168.49.3"), IPv4Address(str(vtep2)), "66:aa:bb:cc:dd:ee"))
+    ]
+    h.set_mode("Never")  # VXLAN off
+    h.sync()
+    assert h.kernel.get_link("vxlan.calico") is None
+    assert h.res.require(Node, "node1").spec.ipv4_vxlan_tunnel_addr is None
+
+
+def test_firewall_sets_follow_the_cluster(h: Harness) -> None:
+    h.set_mode("Always")
+    h.add_node("node2", "192.168.49.3/24")
+    wep = """
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node1-k8s-pod1-eth0, namespace: default}
+spec: {node: node1, pod: pod1, endpoint: eth0, interfaceName: cali1234567890a,
+       ipNetworks: [10.244.3.7/32], orchestrator: k8s}
+"""
+    h.res.apply(load_documents(wep, "wep.yaml"))
+    h.sync()
+    fw = h.firewall
+    assert fw.node_ips == {"192.168.49.2", "192.168.49.3"}
+    assert fw.pools == ({"10.244.0.0/16"}, {"10.244.0.0/16"})
+    assert fw.workloads == {("cali1234567890a", "10.244.3.7")}
+    assert fw.resyncs == 1
+    assert "tortie_nft_spoofed_total 2" in h.agent.board.metrics_text()

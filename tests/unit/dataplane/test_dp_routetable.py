@@ -281,3 +281,21 @@ def test_noop_resync_of_10k_routes_writes_nothing(nl: FakeNetlink, clock: Clock)
     result = rt.apply()
     assert result.writes == 0 and result.converged
     assert time.perf_counter() - started < 2.0  # generous: the real target is a netns test
+
+
+def test_pod_route_added_by_cni_after_the_dump_is_replaced_without_eexist() -> None:
+    """The CNI plugin writes <pod>/32 dev caliX (proto boot) between our dump and the pod's
+    endpoint reaching us; taking it over must not fail with EEXIST."""
+    kernel = FakeNetlink()
+    table = RouteTable(kernel)
+    table.apply()  # first dump: no pod yet
+    link = kernel.add_link("cali0123456789a")
+    pod = IPv4Network("10.244.0.5/32")
+    kernel.add_foreign_route(KernelRoute(pod, proto=3, scope=253, oif=link.index))
+    table.set_route(RouteSpec.link(pod, "cali0123456789a"))
+    first = table.apply()  # device unknown in the link cache: deferred
+    result = table.apply() if first.deferred else first
+    assert not result.failed, result.failed
+    assert result.converged
+    (route,) = [r for r in kernel.table() if r.dst == pod]
+    assert route.proto == 80

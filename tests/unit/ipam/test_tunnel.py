@@ -8,6 +8,7 @@ import pytest
 from ipam_helpers import Cluster
 
 from tortie.ipam.client import IPAM, tunnel_handle
+from tortie.model.resources import Node
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +65,37 @@ def test_release_tunnel_address(cluster: Cluster, ipam: IPAM) -> None:
     addr = ipam.ensure_tunnel_address("n1")
     assert ipam.release_tunnel_address("n1") == [addr]
     assert ipam.release_tunnel_address("n1") == []
+
+
+def test_vxlan_tunnel_address_is_separate_from_ipip(cluster: Cluster, ipam: IPAM) -> None:
+    cluster.pool("a", str(A), vxlanMode="Always")
+    assert ipam.ensure_tunnel_address("n1") is None  # no IPIP pool
+    addr = ipam.ensure_tunnel_address("n1", "vxlan")
+    assert addr is not None and addr in A
+    assert tunnel_handle("n1", "vxlan") == "vxlan-tunnel-addr-n1"
+    info = ipam.address_info(addr)
+    assert info is not None and info.attrs["type"] == "vxlanTunnelAddress"
+    cluster.pool("a", str(A), vxlanMode="Never")
+    assert ipam.ensure_tunnel_address("n1", "vxlan") is None
+    assert ipam.address_info(addr) is None
+
+
+def test_check_knows_vxlan_tunnel_addresses(cluster: Cluster, ipam: IPAM) -> None:
+    cluster.pool("a", str(A), vxlanMode="Always")
+    addr = ipam.ensure_tunnel_address("n1", "vxlan")
+
+    def node_with_vtep(vtep: str) -> None:
+        doc = {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "spec": {"ipv4VXLANTunnelAddr": vtep},
+        }
+        cluster.resources.apply([Node.from_document(doc)])
+
+    node_with_vtep(str(addr))
+    assert list(ipam.check().problems) == []
+    # The node now says another address: ours is a leak.
+    node_with_vtep("10.1.0.200")
+    problems = ipam.check().problems
+    assert len(problems) == 1 and "uses tunnel address 10.1.0.200" in str(problems[0])

@@ -42,7 +42,11 @@ def identity(argv: Sequence[str]) -> list[str]:
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> NodeRuntime:
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> NodeRuntime:
+    # Hermetic: the host's reference plugins (Debian's /usr/lib/cni) are not on CNI_PATH.
+    reference = tmp_path / "reference-plugins"
+    reference.mkdir()
+    monkeypatch.setattr("tortie.lab.cni.REFERENCE_PLUGINS_DIR", str(reference))
     topology = build_topology(LabOptions(), 3)
     dirs = node_dirs(tmp_path, "node1")
     for d in (dirs.cni_bin_dir, dirs.cni_conf_dir):
@@ -82,7 +86,7 @@ def test_add_runs_the_chain_in_order_with_prev_result(runtime: NodeRuntime) -> N
         "CNI_IFNAME": "eth0",
         "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod1;"
         "K8S_POD_INFRA_CONTAINER_ID=tl3-pod1",
-        "CNI_PATH": runtime.dirs.cni_bin_dir,
+        "CNI_PATH": f"{runtime.dirs.cni_bin_dir}:{cni.REFERENCE_PLUGINS_DIR}",
     }
     assert seen[0]["name"] == "k8s-pod-network" and seen[0]["v"] == "1.0.0"
 
