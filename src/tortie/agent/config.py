@@ -49,6 +49,8 @@ class AgentConfig:
     route_protocol: int = 80
     resync_interval: float = 90.0  # Felix's route refresh interval
     cni_grace_period: float = 10.0
+    bgp: bool = True  # Calico's "bird" networking backend; False: routes from the datastore
+    bgp_hold_time: int = 90  # seconds; a dead node's routes go within this
     labels: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -62,6 +64,10 @@ class AgentConfig:
     @property
     def pin_dir(self) -> Path:
         return self.node_state_dir / "bpf"
+
+    @property
+    def bgp_dir(self) -> Path:
+        return self.node_state_dir / "bgp"
 
     @property
     def cni_socket(self) -> Path:

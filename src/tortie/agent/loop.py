@@ -38,6 +38,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Protocol
 
+from tortie.agent.bgp_driver import BgpDriver
 from tortie.agent.config import AgentConfig, NodeAddress
 from tortie.agent.desired import (
     DesiredRoutes,
@@ -72,6 +73,10 @@ RETRY_MAX = 30.0
 IPAM_GC_INTERVAL = 300.0
 
 BackendFactory = Callable[[], tuple[IPIPBackend, str]]
+
+
+class _Nudge:
+    """Something outside the datastore changed (BGP learned a route): recompute."""
 
 
 class Firewall(Protocol):
@@ -121,6 +126,7 @@ class NodeAgent:
         ipam: IPAM | None = None,
         firewall: Firewall | None = None,
         vxlan_factory: Callable[[], Vxlan] | None = None,
+        bgp: BgpDriver | None = None,
         board: HealthBoard | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -140,11 +146,12 @@ class NodeAgent:
             cni_grace_period=cfg.cni_grace_period,
             clock=clock,
         )
-        self.events: queue.Queue[SyncEvent] = queue.Queue()
+        self.events: queue.Queue[SyncEvent | _Nudge] = queue.Queue()
         self.counters = Counters()
         self._backend_factory = backend_factory
         self._backend: IPIPBackend | None = None
         self.firewall = firewall
+        self.bgp = bgp
         self._firewall_resync = True
         self._firewall_counters: dict[str, int] = {}
         self._vxlan_factory = vxlan_factory
@@ -158,6 +165,7 @@ class NodeAgent:
         self._tunnel_addr: IPv4Address | None = None
         self._configured_ifaces: set[str] = set()
         self._retry_at: float | None = None
+        self._extra_pass_at: float | None = None  # e.g. the end of BGP's start-up grace
         self._retry_delay = RETRY_MIN
         self._resync_at = 0.0
         self._gc_at = 0.0
@@ -207,6 +215,9 @@ class NodeAgent:
                 self._firewall_resync = True
                 self.counters.resyncs += 1
             retry = self._retry_at is not None and now >= self._retry_at
+            if self._extra_pass_at is not None and now >= self._extra_pass_at:
+                self._extra_pass_at = None
+                retry = True
             if self.state.dirty or resync or retry:
                 self.reconcile()
             if now >= self._gc_at:
@@ -256,6 +267,8 @@ class NodeAgent:
         self.counters.route_failures += len(result.failed)
         problems += [f"route {f.dst}: {f.message}" for f in result.failed.values()]
         problems += desired.unroutable
+        if self.bgp is not None and self.bgp.problem:
+            problems.append(self.bgp.problem)
         self._sync_workload_interfaces()
         self._write_mtu(pools)
         self._after_pass(result, problems)
@@ -279,10 +292,15 @@ class NodeAgent:
                 local_blocks.append(cidr)
             elif node in node_ips:
                 remote.append(RemotePrefix(cidr, node_ips[node], vteps.get(node)))
+        held_borrowed: list[IPv4Network] = []
         for addr, holder in self.state.borrowed():
-            if holder != me and holder in node_ips:
-                prefix = IPv4Network(f"{addr}/32")
+            prefix = IPv4Network(f"{addr}/32")
+            if holder == me:
+                held_borrowed.append(prefix)
+            elif holder in node_ips:
                 remote.append(RemotePrefix(prefix, node_ips[holder], vteps.get(holder)))
+        if self.bgp is not None:
+            remote = self._bgp_remote(pools, local_blocks + held_borrowed, remote, vteps, node_ips)
         workloads = [
             Workload(IPv4Network(net, strict=False), wep.spec.interface_name)
             for wep in self.state.local_workloads()
@@ -291,6 +309,46 @@ class NodeAgent:
             if ":" not in net
         ]
         return compute_routes(self.local, pools, local_blocks, remote, workloads)
+
+    def _bgp_remote(
+        self,
+        pools: list[PoolInfo],
+        announce: list[IPv4Network],
+        from_datastore: list[RemotePrefix],
+        vteps: dict[str, IPv4Address],
+        node_ips: dict[str, IPv4Address],
+    ) -> list[RemotePrefix]:
+        """With BGP on, remote pod routes come from what the speaker learned (a dead node's
+        routes go with its session); VXLAN pools keep datastore routes, as Calico's do."""
+        assert self.bgp is not None
+        try:
+            changes = self.bgp.sync(self.state, announce)
+        except (TortieError, OSError) as err:
+            self.bgp.problem = f"BGP speaker: {err}"
+            changes = []
+        if changes:
+            log.info("bgp: %s", "; ".join(changes))
+        vxlan_pools = [p for p in pools if p.vxlan_mode != "Never"]
+
+        def in_vxlan_pool(prefix: IPv4Network) -> bool:
+            return any(prefix.subnet_of(p.cidr) for p in vxlan_pools)
+
+        vtep_by_ip = {ip: vteps[n] for n, ip in node_ips.items() if n in vteps}
+        learned = {
+            prefix: RemotePrefix(prefix, next_hop, vtep_by_ip.get(next_hop))
+            for prefix, next_hop in self.bgp.learned().items()
+            if not in_vxlan_pool(prefix)
+        }
+        if not self.bgp.authoritative():
+            # Start-up grace: keep the datastore's routes until the speaker has learned.
+            self._schedule_retry(self.bgp.trusted_at)
+            keep = {r.prefix: r for r in from_datastore}
+            return list({**keep, **learned}.values())
+        return [r for r in from_datastore if in_vxlan_pool(r.prefix)] + list(learned.values())
+
+    def _schedule_retry(self, at_monotonic: float) -> None:
+        if self._extra_pass_at is None or at_monotonic < self._extra_pass_at:
+            self._extra_pass_at = at_monotonic
 
     def _sync_tunnel_address(self) -> None:
         """Ensure (or release) our IPIP and VXLAN tunnel addresses in IPAM; record them on
@@ -472,18 +530,30 @@ class NodeAgent:
             first = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
         except queue.Empty:
             return
-        self.state.apply(first)
+        self._fold_one(first)
         for _ in range(MAX_EVENTS_PER_PASS):
             try:
-                self.state.apply(self.events.get_nowait())
+                self._fold_one(self.events.get_nowait())
             except queue.Empty:
                 return
+
+    def _fold_one(self, event: SyncEvent | _Nudge) -> None:
+        if isinstance(event, _Nudge):
+            self.state.dirty = True
+        else:
+            self.state.apply(event)
+
+    def nudge(self) -> None:
+        """Any thread: ask the loop for a reconcile pass (BGP speaker events)."""
+        self.events.put(_Nudge())
 
     def _timeout(self) -> float:
         now = self._clock()
         deadlines = [self._resync_at, self._gc_at, now + 1.0]  # 1 s: heartbeat
         if self._retry_at is not None:
             deadlines.append(self._retry_at)
+        if self._extra_pass_at is not None:
+            deadlines.append(self._extra_pass_at)
         return max(0.0, min(deadlines) - now)
 
     def _jittered(self, interval: float) -> float:
@@ -537,6 +607,15 @@ class NodeAgent:
             "tunnel_address": str(self._tunnel_addr) if self._tunnel_addr else None,
             "vxlan_tunnel_address": str(self._vtep) if self._vtep else None,
             "firewall_counters": dict(self._firewall_counters),
+            "bgp": (
+                None
+                if self.bgp is None
+                else {
+                    "state_dir": str(self.bgp.state_dir),
+                    "speaker": type(self.bgp.speaker).__name__ if self.bgp.speaker else None,
+                    "problem": self.bgp.problem,
+                }
+            ),
         }
 
     def write_status(self, status: dict[str, object] | None = None) -> None:

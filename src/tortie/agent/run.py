@@ -21,6 +21,7 @@ import threading
 import time
 from types import FrameType
 
+from tortie.agent.bgp_driver import BgpDriver
 from tortie.agent.cniserver import CniServer
 from tortie.agent.config import AgentConfig, AgentConfigError, detect_address
 from tortie.agent.health import HealthBoard, serve
@@ -81,6 +82,17 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         return VXLANManager(netlink, node_ip=address.address.ip, uplink=address.uplink)
 
     board = HealthBoard()
+    # The lambda binds late: the agent is built just below, with the driver inside it.
+    bgp = (
+        BgpDriver(
+            cfg.node_name,
+            cfg.bgp_dir,
+            lambda: agent.nudge(),  # noqa: PLW0108
+            hold_time=cfg.bgp_hold_time,
+        )
+        if cfg.bgp
+        else None
+    )
     agent = NodeAgent(
         cfg,
         store,
@@ -89,6 +101,7 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         backend_factory,
         firewall=NftablesManager(),
         vxlan_factory=vxlan_factory,
+        bgp=bgp,
         board=board,
     )
     agent.register()
@@ -119,6 +132,10 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         agent.run(stop)
     finally:
         cni.stop()
+        if bgp is not None:
+            # Leave the speaker running: the next agent adopts it, and peers keep our
+            # routes meanwhile (an agent restart must not withdraw a healthy node).
+            bgp.detach()
         if server is not None:
             server.shutdown()
         with contextlib.suppress(OSError):

@@ -43,6 +43,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="auto",
         help="tunl0 implementation (auto: the ipip module if the kernel has it, else tc-BPF)",
     )
+    run.add_argument(
+        "--bgp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run a BGP speaker and route by what it learns (default); --no-bgp: routes "
+        "from the datastore's block affinities",
+    )
+    run.add_argument(
+        "--bgp-hold-time",
+        type=int,
+        default=int(os.environ.get("TORTIE_BGP_HOLD_TIME", "90")),
+        metavar="SECONDS",
+        help="BGP hold time: a dead node's routes are withdrawn within it (default 90, "
+        "or $TORTIE_BGP_HOLD_TIME)",
+    )
     run.add_argument("--health-port", type=int, help="serve /healthz, /readyz, /metrics here")
     run.add_argument("--health-host", default="127.0.0.1")
     run.add_argument("--state-dir", type=Path, help="default: /run/tortie/<node>")
@@ -57,6 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.set_defaults(func=_run)
+    register_status(nsub)
 
 
 def node_name(given: str | None) -> str:
@@ -104,6 +120,65 @@ def _run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         bpf_object=args.bpf_object,
         resync_interval=args.resync_interval,
+        bgp=args.bgp,
+        bgp_hold_time=args.bgp_hold_time,
         labels=labels,
     )
     return run_agent(cfg)
+
+
+def register_status(nsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = nsub.add_parser("status", help="is the agent running, and its BGP sessions")
+    status.add_argument("--name", help="node name (default: $TORTIE_NODENAME or the host name)")
+    status.add_argument(
+        "--state-dir", type=Path, help="default: $TORTIE_STATE_DIR or /run/tortie/<node>"
+    )
+    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    status.set_defaults(func=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from tortie.agent.config import DEFAULT_RUN_DIR
+    from tortie.bgp.status import fetch_status, render_status, status_json
+    from tortie.bgp.types import BGPError
+
+    name = node_name(args.name)
+    state_dir = args.state_dir or Path(os.environ.get("TORTIE_STATE_DIR") or DEFAULT_RUN_DIR / name)
+    agent = _agent_status(state_dir)
+    running = agent is not None
+    rows = []
+    problem = ""
+    try:
+        rows = fetch_status(state_dir / "bgp")
+    except BGPError as err:
+        problem = str(err)
+    if args.output == "json":
+        doc = status_json(rows, running)
+        doc["node"] = name
+        doc["agent"] = agent
+        if problem:
+            doc["bgpProblem"] = problem
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render_status(rows, running), end="")
+        if problem:
+            print(f"\n(no BGP speaker answered: {problem})")
+        if agent and not agent.get("converged"):
+            print(f"\nDataplane not converged: {agent.get('detail')}")
+    return 0 if running else 1
+
+
+def _agent_status(state_dir: Path) -> dict[str, object] | None:
+    """The agent's status file, if the agent that wrote it is still alive."""
+    import json
+
+    try:
+        status = json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = status.get("pid")
+    if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
+        return None
+    return dict(status)
