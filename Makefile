@@ -1,5 +1,5 @@
 # tortie: the two commands the README promises, and their parts.
-#   make demo   the main job (a placeholder until the lab lands)
+#   make demo   the main job: the seed's walkthrough on a real lab
 #   make test   everything CI runs: install, lint, type-check, layering, all test tiers
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -23,11 +23,9 @@ test: lint
 test-unit: deps
 	$(PYTEST) -q -m unit tests
 
+# The seed's walkthrough on a real two-node lab: IPIP, then BGP mode switched live (root).
 demo: deps
-	@echo "tortie demo: the seed walkthrough (two nodes, pod1 -> pod2 in IPIP and BGP mode,"
-	@echo "routes, captures, side-by-side figures) arrives with the lab (issue 7)."
-	@echo "Until then, the foundation in action:"
-	@./scripts/demo-foundation
+	$(PY) -m tortie.lab.demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -9,6 +9,7 @@ built, not at import time, and none imports heavy drivers (etcd/grpc) until used
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(getattr(err, "exit_code", 1))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `tortie get ... | head`: the reader left. Quietly, as ls and cat do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return status
 
 
