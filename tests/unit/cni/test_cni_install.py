@@ -8,7 +8,6 @@ import json
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -160,11 +159,26 @@ def test_installed_ipam_plugin_answers_version(installed: Path) -> None:
     assert out.returncode == 0 and "1.1.0" in json.loads(out.stdout)["supportedVersions"]
 
 
-def test_installed_plugin_starts_fast(installed: Path) -> None:
-    """Generous bound (loaded CI machines): the budget is 100 ms for a whole ADD."""
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        _exec(installed / "tortie", {"CNI_COMMAND": "VERSION"}, b"")
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[3] < 0.15, times
+def test_installed_plugin_imports_nothing_heavy(installed: Path) -> None:
+    """The start-up budget (ADD p50 <= 100 ms with process start) rests on the plugin's
+    fast path importing only the stdlib: no pydantic, pyroute2, grpc or yaml. Checked by
+    what the launcher actually imports (deterministic; timings belong to bench/cni.py)."""
+    launcher = installed / "tortie"
+    shebang = launcher.read_text().splitlines()[0][2:].split()
+    out = subprocess.run(
+        [*shebang, "-X", "importtime", str(launcher)],
+        input=b"",
+        env={"CNI_COMMAND": "VERSION"},
+        capture_output=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    imported = {
+        line.split("|")[-1].strip()
+        for line in out.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "tortie.cni.plugin" in imported
+    heavy = {m for m in imported if m.split(".")[0] in {"pydantic", "pyroute2", "grpc", "yaml"}}
+    assert heavy == set(), heavy
+    assert not any(m.startswith("tortie.agent") or m.startswith("tortie.ipam") for m in imported)

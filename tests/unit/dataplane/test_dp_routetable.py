@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -277,10 +276,8 @@ def test_noop_resync_of_10k_routes_writes_nothing(nl: FakeNetlink, clock: Clock)
     rt.set_routes(remote(b) for b in blocks)  # same again: no deltas
     assert not rt.dirty
     rt.queue_resync()
-    started = time.perf_counter()
-    result = rt.apply()
+    result = rt.apply()  # its duration is measured by bench/routes.py, not here
     assert result.writes == 0 and result.converged
-    assert time.perf_counter() - started < 2.0  # generous: the real target is a netns test
 
 
 def test_pod_route_added_by_cni_after_the_dump_is_replaced_without_eexist() -> None:
