@@ -1,6 +1,7 @@
 """``tortie lab``: build, inspect, use and remove clusters of namespaces on this host.
 
-Subcommands: ``up``, ``down``, ``status``, ``list``, ``exec``, ``ping``, ``capture``. Every one
+Subcommands: ``up``, ``down``, ``status``, ``list``, ``exec``, ``ping``, ``capture``,
+``diagram``. Every one
 takes ``--name L`` (default: the only lab; ``up`` defaults to ``default``) and ``--root DIR``
 (where lab directories live; default ``$TORTIE_LAB_ROOT`` or /run/tortie/labs).
 
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--mode", choices=MODES, default="ipip", help="the pool's encapsulation")
     up.add_argument("--pods-per-node", type=int, default=1, metavar="P")
     up.add_argument("--route-reflectors", type=int, default=0, metavar="R")
-    up.add_argument("--tor", action="store_true", help="a BIRD ToR in the router (not yet)")
+    up.add_argument("--tor", action="store_true", help="BIRD 2 as the ToR in the router")
     up.add_argument(
         "--datastore",
         dest="lab_datastore",
@@ -111,6 +112,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cap.add_argument("-c", "--count", type=int, metavar="N", help="stop after N packets")
     cap.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     cap.set_defaults(func=_capture)
+
+    diagram = lsub.add_parser(
+        "diagram", parents=[common], help="draw the lab: segments, nodes, pods, blocks, routes"
+    )
+    diagram.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="FILE", help=".svg, .png or .dot"
+    )
+    diagram.set_defaults(func=_diagram)
 
 
 def _paths(args: argparse.Namespace) -> LabPaths:
@@ -273,3 +282,14 @@ def _capture(args: argparse.Namespace) -> int:
     code = cap.returncode
     # Stopped by us (timeout, Ctrl-C): that is success; tcpdump's own failure is not.
     return 0 if code in (0, None, -15, 143) else code
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    from tortie.lab.diagram import gather, output_format, to_dot, write_diagram
+    from tortie.lab.ops import open_lab
+
+    _require_root("diagram")
+    output_format(args.output)  # refuse a bad suffix before asking the namespaces
+    write_diagram(to_dot(gather(open_lab(_paths(args), args.name))), args.output)
+    print(f"wrote {args.output}")
+    return 0

@@ -19,7 +19,7 @@ from tortie.errors import TortieError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tortie.ctl import cni, ipam, lab, node, resources
+    from tortie.ctl import cni, ipam, lab, node, resources, trace
 
     parser = argparse.ArgumentParser(
         prog="tortie",
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.register(sub)
     lab.register(sub)
     cni.register(sub)
+    trace.register(sub)
     version = sub.add_parser("version", help="print the client version")
     version.set_defaults(func=_version)
     return parser
