@@ -11,10 +11,15 @@ Order, and why:
 3. the wire namespace with one bridge per subnet; the router with a leg in each subnet;
 4. per node: directories and a bpffs pin directory, the namespace, the uplink into its
    subnet's bridge, address, default route via the router, ip_forward;
-5. the datastore's cluster resources (pool with the lab's mode, BGP settings);
-6. the agents (a seam: off until ``tortie node run`` lands);
-7. the pods: a namespace each, wired by the CNI plugin or by hand (``--wire-pods manual``);
-8. manual wiring only: native routes between nodes (and on the router across subnets).
+5. ``--tor``: BIRD in the router namespace (:mod:`.tor`), ready before any agent dials it;
+6. the datastore's cluster resources (pool with the lab's mode, BGP settings) and, when the
+   nodes have BGP roles (reflectors, racks for the ToR), their Node resources: written
+   *before* the agents start, so no agent ever runs with the wrong role (an agent keeps
+   user-set fields when it registers);
+7. the agents (``tortie node run``, on with the CNI wiring);
+8. the pods: a namespace each, wired by the CNI plugin or by hand (``--wire-pods manual``);
+9. manual wiring only: native routes between nodes (and on the router across subnets);
+   ``--tor``: wait until the ToR has a session with every node and a route to every pod.
 
 Invariants: each object is recorded in the state file before the call that creates it
 (:mod:`.state`); a failed step leaves the lab as far as it got, with ``phase: failed`` and
@@ -32,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tortie.lab import network, reference
+from tortie.lab import network, reference, tor
 from tortie.lab.cni import require_cni
 from tortie.lab.errors import (
     LabBuildError,
@@ -42,6 +47,7 @@ from tortie.lab.errors import (
     NotRootError,
 )
 from tortie.lab.kernel import HostKernel, Kernel
+from tortie.lab.manifests import RR_LABEL, lab_writes_nodes, node_manifests
 from tortie.lab.pods import create_pods
 from tortie.lab.procs import record_for
 from tortie.lab.registry import LabPaths, allocate_id, lab_lock
@@ -50,6 +56,7 @@ from tortie.lab.seed import default_datastore, seed_datastore
 from tortie.lab.state import Journal, LabState
 from tortie.lab.steps import Step, run_steps, shell_lines
 from tortie.lab.topology import LabOptions, Topology, build_topology, check_options
+from tortie.model.resources import Node, NodeBGPSpec
 
 Progress = Callable[[str], None]
 REQUIRED_TOOLS = ("ip", "nsenter")
@@ -80,11 +87,10 @@ def preflight(options: LabOptions, host: bool = True) -> None:
     for tool in REQUIRED_TOOLS if host else ():
         if shutil.which(tool) is None:
             raise LabError(f"{tool} not found: install iproute2 and util-linux")
+    if options.tor and host and shutil.which("bird") is None:
+        raise NotAvailableError("--tor runs BIRD 2 as the ToR: install it (apt-get install bird2)")
     if options.tor:
-        raise NotAvailableError(
-            "--tor needs the BIRD ToR, which arrives with BGP route distribution (issue 6); "
-            "without it the router forwards between subnets with static routes only"
-        )
+        tor.hold_time_from_env()  # a bad $TORTIE_BGP_HOLD_TIME fails before anything is made
     if options.wire_pods == "cni":
         require_cni(options.agents)
 
@@ -185,6 +191,8 @@ def _build(
     phase("wire", lambda: _wire(kernel, journal, topology))
     phase("router", lambda: _router(kernel, journal, topology))
     phase("nodes", lambda: _nodes(kernel, journal, topology, progress))
+    if topology.router.tor:
+        phase("tor", lambda: _tor(journal, topology, paths))
     phase("datastore", lambda: _datastore(journal, topology))
     phase(
         "agents",
@@ -193,6 +201,8 @@ def _build(
     phase("pods", lambda: _pods(kernel, journal, topology, progress))
     if options.wire_pods == "manual":
         phase("routes", lambda: _routes(kernel, topology))
+    if topology.router.tor:
+        phase("tor-converged", lambda: _tor_converged(journal, topology, progress))
 
 
 def _new_namespace(kernel: Kernel, journal: Journal, name: str) -> None:
@@ -231,10 +241,87 @@ def _nodes(kernel: Kernel, journal: Journal, topology: Topology, progress: Progr
     return f"nodes: {len(topology.nodes)}"
 
 
+def _tor(journal: Journal, topology: Topology, paths: LabPaths) -> str:
+    hold = tor.hold_time_from_env()
+    record = tor.start_tor(journal, topology, hold_time=hold, netns_dir=paths.netns_dir)
+    return (
+        f"tor: BIRD pid {record.pid} in {topology.router.netns}, AS {topology.router.tor_as}, "
+        f"next hop {tor.next_hop_policy(topology.mode)}, hold time {hold} s "
+        f"({' '.join(tor.birdc_argv(journal.state.lab_dir, 'show', 'route'))})"
+    )
+
+
+def _tor_converged(journal: Journal, topology: Topology, progress: Progress) -> str:
+    from ipaddress import IPv4Address
+
+    ips = [IPv4Address(p.ip) for p in journal.state.pods.values() if p.ip]
+    done, line = tor.wait_converged(tor.tor_paths(journal.state.lab_dir).control, topology, ips)
+    if not done:
+        progress(f"warning: the ToR is not converged after {tor.CONVERGE_TIMEOUT:.0f} s")
+    return line
+
+
 def _datastore(journal: Journal, topology: Topology) -> str:
     written = seed_datastore(journal, topology)
+    if lab_writes_nodes(topology):
+        written += write_nodes(journal, topology)
     what = ", ".join(written) if written else "already present"
     return f"datastore: {journal.state.datastore} ({what})"
+
+
+def write_nodes(journal: Journal, topology: Topology) -> list[str]:
+    """Write each node's Node resource with its BGP role, before its agent starts.
+
+    Merged into an existing Node (a shared datastore, a re-run): the lab's labels are added,
+    the address and reflector cluster ID set, everything else kept; each write is a
+    compare-and-swap on the revision read, retried on conflict. Hazard: in a datastore the
+    lab does not own these Nodes stay after ``down``, like the ones agents register.
+    """
+    from tortie.datastore.api import DatastoreError
+    from tortie.datastore.factory import open_datastore
+    from tortie.datastore.resources import ResourceConflictError, ResourceStore
+    from tortie.model.resources import Node
+
+    url = journal.state.datastore
+    assert url is not None
+    try:
+        store = open_datastore(url)
+    except DatastoreError as err:
+        raise LabBuildError(f"datastore {url}: {err}") from err
+    written = []
+    try:
+        rs = ResourceStore(store)
+        for wanted in node_manifests(topology):
+            for attempt in range(10):
+                current = rs.get(Node, wanted.name)
+                try:
+                    rs.apply([wanted if current is None else _merge_node(current, wanted)])
+                    break
+                except ResourceConflictError:
+                    if attempt == 9:
+                        raise
+            written.append(f"Node/{wanted.name}")
+    except DatastoreError as err:
+        raise LabBuildError(f"datastore {url}: {err}") from err
+    finally:
+        store.close()
+    return written
+
+
+def _merge_node(current: Node, wanted: Node) -> Node:
+    """``current`` (with its revision: the write is a CAS) given ``wanted``'s labels, address
+    and reflector role; the reflector label goes when the node is no reflector here."""
+    labels = {**current.metadata.labels, **wanted.metadata.labels}
+    if RR_LABEL not in wanted.metadata.labels:
+        labels.pop(RR_LABEL, None)
+    want = wanted.spec.bgp or NodeBGPSpec()
+    bgp = (current.spec.bgp or NodeBGPSpec()).model_copy(
+        update={
+            "ipv4_address": want.ipv4_address,
+            "route_reflector_cluster_id": want.route_reflector_cluster_id,
+        }
+    )
+    return current.with_metadata(labels=labels).with_spec(bgp=bgp)
 
 
 def _agents(

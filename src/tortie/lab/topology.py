@@ -18,7 +18,11 @@ The shape (defaults mirror the seed, /work/shared/seed/README.md):
   subnets the nodes are split in contiguous runs, the larger runs first (2 subnets: the first
   half of the nodes, rounded up, in 192.168.49.0/24, the rest in 192.168.50.0/24);
 - pods ``pod1..`` in node order in ``tl<id>-p<k>``, interface ``eth0``;
-- the pool 10.244.0.0/16 with /26 blocks, its ipipMode/vxlanMode from the lab mode.
+- the pool 10.244.0.0/16 with /26 blocks, its ipipMode/vxlanMode from the lab mode;
+- BGP roles: ``--route-reflectors R`` makes nodes 1..R reflectors (cluster ID
+  :data:`RR_CLUSTER_ID`, Calico's documented 244.0.0.1); every node sits in rack
+  ``rack-<subnet>`` (a node label), and ``--tor`` runs BIRD in the router as the ToR of every
+  rack, in AS :data:`TOR_AS` (see :mod:`tortie.lab.tor`).
 
 Invariants: every name fits the kernel (:mod:`.naming`); namespaces and wire-side interfaces
 carry the lab prefix, so two labs never collide on the host; the addresses (192.168.x, 10.244)
@@ -52,6 +56,8 @@ POOL_CIDR = IPv4Network("10.244.0.0/16")
 BLOCK_SIZE = 26
 DEFAULT_AS = 64512
 RR_CLUSTER_ID = "244.0.0.1"
+TOR_AS = 64513  # the ToR's own AS: eBGP to the nodes (AS 64512), as Calico's ToR guides do
+RACK_LABEL = "rack"
 K8S_NAMESPACE = "default"
 UPLINK = "eth0"
 POD_IFNAME = "eth0"
@@ -99,11 +105,17 @@ class SubnetSpec:
     router_port: str  # wire-side end of the router's veth (a bridge port)
     router_ifname: str  # router-side end, inside the router namespace
 
+    @property
+    def rack(self) -> str:
+        """The rack of the nodes in this subnet (node label ``rack``; the ToR's BGPPeer)."""
+        return f"rack-{self.index}"
+
 
 @dataclass(frozen=True)
 class RouterSpec:
     netns: str
-    tor: bool  # a BIRD ToR will run here (not yet)
+    tor: bool  # BIRD runs here as the ToR (``--tor``, :mod:`tortie.lab.tor`)
+    tor_as: int = TOR_AS
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,10 @@ class NodeSpec:
     @property
     def ip(self) -> IPv4Address:
         return self.address.ip
+
+    @property
+    def rack(self) -> str:
+        return f"rack-{self.subnet}"
 
 
 @dataclass(frozen=True)
@@ -244,6 +260,23 @@ def check_options(options: LabOptions) -> None:
         raise LabOptionError(f"--wire-pods {options.wire_pods!r} is not one of cni, manual")
     if options.datastore is not None:
         _check_datastore(options.datastore)
+    if options.tor:
+        _check_tor(options)
+
+
+def _check_tor(options: LabOptions) -> None:
+    if options.route_reflectors:
+        raise LabOptionError(
+            "--tor and --route-reflectors together are not supported: with --tor the ToR "
+            "already carries every route between the nodes (eBGP, the mesh is off); adding "
+            "reflectors gives each node two paths to a block with different next hops, and "
+            "tortie's ExaBGP nodes do no best-path selection"
+        )
+    if options.wire_pods != "cni" or not options.agents:
+        raise LabOptionError(
+            "--tor needs the node agents and CNI wiring (the default): the ToR learns the "
+            "pod blocks from the agents' BGP speakers; --wire-pods manual routes by hand"
+        )
 
 
 def _check_datastore(url: str) -> None:
