@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: deps lint test test-unit demo clean
+.PHONY: deps lint test test-unit demo bench bench-smoke clean
 
 deps:
 	./scripts/install-deps
@@ -26,6 +26,14 @@ test-unit: deps
 # The seed's walkthrough on a real two-node lab: IPIP, then BGP mode switched live (root).
 demo: deps
 	$(PY) -m tortie.lab.demo
+
+# The benchmark suite against the physical limit (~8 min here): bench/results.md and .png.
+bench: deps
+	$(PY) bench/run.py
+
+# One short run of each benchmark (~80 s), into a temp dir; the e2e tier runs it too.
+bench-smoke: deps
+	$(PY) bench/run.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

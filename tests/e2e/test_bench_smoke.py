@@ -1,0 +1,65 @@
+"""``make bench-smoke`` in CI: the whole benchmark suite, one short run of each part, so the
+benchmarks never rot.
+
+Runs ``bench/run.py --smoke`` as a process (as root; real labs, iperf3, the other benches)
+into a temporary directory, and checks it exits 0 (nothing broken: a missed target does not
+count), wrote both files, and left no lab or namespace behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(900)
+def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/run.py",
+            "--smoke",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "raw.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
+    assert proc.returncode == 0, (
+        f"bench smoke failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
+    md = (out / "results.md").read_text()
+    for heading in ("## Headline", "## Dataplane", "## Control plane", "## Scale on paper"):
+        assert heading in md
+    for figure in (
+        "BGP mode (native)",
+        "IPIP (tc-BPF)",
+        "CrossSubnet, across subnets (IPIP)",
+        "VXLAN",
+        "### CNI ADD/DEL",
+        "### IPAM",
+        "### Route programming",
+        "### BGP convergence",
+        "**Memory per node**",
+    ):
+        assert figure in md, figure
+    assert "## Problems in this run" not in md
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    # Every lab came down, and every path was measured in every round.
+    assert raw["dataplane"]["labs_left"] == []
+    for path, tests in raw["dataplane"]["samples"].items():
+        for test, runs in tests.items():
+            assert runs and None not in runs, (path, test)
