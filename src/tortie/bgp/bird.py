@@ -51,12 +51,12 @@ from typing import TYPE_CHECKING
 
 from tortie.bgp.process import Supervised
 from tortie.bgp.routes import LearnedTable
+from tortie.bgp.speaker_base import DaemonSpeaker
 from tortie.bgp.types import (
     BGPConfigError,
     BGPError,
     BGPPeerSpec,
     EventCallback,
-    LearnedRoute,
     PeerChanged,
     PeerStatus,
     Speaker,
@@ -366,7 +366,7 @@ def parse_bgp_routes(
 # -- the speaker ----------------------------------------------------------------------------
 
 
-class BirdSpeaker:
+class BirdSpeaker(DaemonSpeaker):
     """BIRD 2 driven for the agent (implements :class:`tortie.bgp.types.Speaker`).
 
     Files live in ``state_dir`` (``bird.conf``, control socket ``bird.ctl``, ``bird.pid``,
@@ -425,18 +425,6 @@ class BirdSpeaker:
         return argv
 
     # -- Speaker ---------------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._daemon.running
-
-    @property
-    def pid(self) -> int | None:
-        return self._daemon.pid
-
-    @property
-    def config(self) -> SpeakerConfig:
-        return self._config
 
     def start(self) -> None:
         """Write the config and start BIRD (or adopt ours, left running by an earlier agent)."""
@@ -512,31 +500,6 @@ class BirdSpeaker:
             self._announced = wanted
             self._write_config()
         self._configure_if_running()
-
-    def announce(self, prefix: IPv4Network) -> None:
-        with self._lock:
-            self.set_announced(self._announced | {IPv4Network(prefix)})
-
-    def withdraw(self, prefix: IPv4Network) -> None:
-        with self._lock:
-            self.set_announced(self._announced - {IPv4Network(prefix)})
-
-    def announced(self) -> frozenset[IPv4Network]:
-        return self._announced
-
-    def learned_routes(self) -> frozenset[LearnedRoute]:
-        with self._lock:
-            return self._table.routes()
-
-    def peer_status(self) -> list[PeerStatus]:
-        with self._lock:
-            rows = []
-            for peer in self._config.peers:
-                row = self._peers.get(str(peer.address))
-                if row is None:
-                    row = PeerStatus(str(peer.address), peer.peer_type, "start", None, "Idle")
-                rows.append(row)
-            return rows
 
     def request(self, command: str) -> list[tuple[int, str]]:
         """A raw BIRD CLI command (``show route``...), for diagnostics and tests."""
@@ -653,15 +616,6 @@ class BirdSpeaker:
                     events.extend(self._table.sweep_stale(address))
             events.extend(self._table.keep_only_peers(wanted))
         self._emit(events)
-
-    def _emit(self, events: Iterable[SpeakerEvent]) -> None:
-        if self._on_event is None:
-            return
-        for event in events:
-            try:
-                self._on_event(event)
-            except Exception:  # a consumer bug must not stop the speaker
-                log.exception("event callback failed for %r", event)
 
 
 if TYPE_CHECKING:  # mypy proves BirdSpeaker is a Speaker; nothing runs at import

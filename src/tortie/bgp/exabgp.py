@@ -64,10 +64,10 @@ from tortie.bgp.exabgp_helper import (
 )
 from tortie.bgp.process import Supervised
 from tortie.bgp.routes import LearnedTable, RouteEvent
+from tortie.bgp.speaker_base import DaemonSpeaker
 from tortie.bgp.types import (
     BGPConfigError,
     EventCallback,
-    LearnedRoute,
     PeerChanged,
     PeerStatus,
     Speaker,
@@ -214,7 +214,7 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-class ExaBGPSpeaker:
+class ExaBGPSpeaker(DaemonSpeaker):
     """ExaBGP driven for the agent (implements :class:`tortie.bgp.types.Speaker`).
 
     ``state_dir`` holds the config, the helper's socket, the PID file and ExaBGP's log (keep
@@ -273,18 +273,6 @@ class ExaBGPSpeaker:
         )
 
     # -- Speaker ---------------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._daemon.running
-
-    @property
-    def pid(self) -> int | None:
-        return self._daemon.pid
-
-    @property
-    def config(self) -> SpeakerConfig:
-        return self._config
 
     def start(self) -> None:
         """Write the config and start ExaBGP (or adopt ours, left running by an earlier agent)."""
@@ -364,32 +352,6 @@ class ExaBGPSpeaker:
             self._announced = wanted
             self._write_files(config=False)
         self._send_desired(reload=False)
-
-    def announce(self, prefix: IPv4Network) -> None:
-        with self._lock:
-            self.set_announced(self._announced | {IPv4Network(prefix)})
-
-    def withdraw(self, prefix: IPv4Network) -> None:
-        with self._lock:
-            self.set_announced(self._announced - {IPv4Network(prefix)})
-
-    def announced(self) -> frozenset[IPv4Network]:
-        return self._announced
-
-    def learned_routes(self) -> frozenset[LearnedRoute]:
-        with self._lock:
-            return self._table.routes()
-
-    def peer_status(self) -> list[PeerStatus]:
-        """One row per configured peer (``start``/``Idle`` until the helper reports)."""
-        with self._lock:
-            rows = []
-            for peer in self._config.peers:
-                row = self._peers.get(str(peer.address))
-                if row is None:
-                    row = PeerStatus(str(peer.address), peer.peer_type, "start", None, "Idle")
-                rows.append(row)
-            return rows
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -566,15 +528,6 @@ class ExaBGPSpeaker:
                     events.append(PeerChanged(row))
                 self._peers[row.address] = row
         return events
-
-    def _emit(self, events: Iterable[SpeakerEvent]) -> None:
-        if self._on_event is None:
-            return
-        for event in events:
-            try:
-                self._on_event(event)
-            except Exception:  # a consumer bug must not stop the speaker
-                log.exception("event callback failed for %r", event)
 
     def _stop_thread(self) -> None:
         self._stop.set()
