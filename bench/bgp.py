@@ -64,7 +64,8 @@ from tortie.bgp.bird import BirdSpeaker
 from tortie.bgp.exabgp import ExaBGPSpeaker
 from tortie.bgp.peering import compute_speaker_config
 from tortie.bgp.types import RouteAdded, SpeakerEvent
-from tortie.model.resources import BGPConfiguration, BGPPeer, Node
+from tortie.lab.manifests import mesh_off, peer_with_route_reflectors
+from tortie.model.resources import BGPPeer, Node
 
 REFLECTORS = (1, 2)
 
@@ -90,22 +91,8 @@ def cluster_resources(n: int, topology: str) -> tuple[list[Node], list[Any], lis
     nodes = [node_resource(i, rr and i in REFLECTORS) for i in range(1, n + 1)]
     if not rr:
         return nodes, [], []
-    config = BGPConfiguration.from_document(
-        {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "BGPConfiguration",
-            "metadata": {"name": "default"},
-            "spec": {"nodeToNodeMeshEnabled": False},
-        }
-    )
-    recipe = BGPPeer.from_document(
-        {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "BGPPeer",
-            "metadata": {"name": "peer-with-route-reflectors"},
-            "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"},
-        }
-    )
+    config = mesh_off()
+    recipe = peer_with_route_reflectors()
     return nodes, [config], [recipe]
 
 

@@ -306,7 +306,8 @@ def summarize(cluster: Cluster, counts: Sequence[RouteCount]) -> dict[str, Any]:
 def sessions(nodes: int) -> dict[str, int]:
     """Sessions per node by tortie's peering code: mesh, and a reflector client/reflector."""
     from tortie.bgp.peering import compute_speaker_config
-    from tortie.model.resources import BGPConfiguration, BGPPeer, Node
+    from tortie.lab.manifests import mesh_off, peer_with_route_reflectors
+    from tortie.model.resources import Node
 
     def node(i: int, rr: bool) -> Node:
         bgp: dict[str, Any] = {"ipv4Address": str(node_ip(i))}
@@ -325,22 +326,8 @@ def sessions(nodes: int) -> dict[str, int]:
 
     mesh_nodes = [node(i, False) for i in range(nodes)]
     rr_nodes = [node(i, i < REFLECTORS) for i in range(nodes)]
-    config = BGPConfiguration.from_document(
-        {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "BGPConfiguration",
-            "metadata": {"name": "default"},
-            "spec": {"nodeToNodeMeshEnabled": False},
-        }
-    )
-    peer = BGPPeer.from_document(
-        {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "BGPPeer",
-            "metadata": {"name": "peer-with-route-reflectors"},
-            "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"},
-        }
-    )
+    config = mesh_off()
+    peer = peer_with_route_reflectors()
     last = node_name(nodes - 1)
 
     def count(name: str, all_nodes: list[Node], configs: list[Any], peers: list[Any]) -> int:

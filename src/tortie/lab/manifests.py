@@ -77,19 +77,34 @@ def bgp_configuration(topology: Topology) -> BGPConfiguration:
     )
 
 
+def peer_with_route_reflectors() -> BGPPeer:
+    """Calico's documented recipe: every node peers with the nodes labelled as reflectors."""
+    return BGPPeer.from_document(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "BGPPeer",
+            "metadata": {"name": "peer-with-route-reflectors"},
+            "spec": {"nodeSelector": "all()", "peerSelector": f"{RR_LABEL} == 'true'"},
+        }
+    )
+
+
+def mesh_off() -> BGPConfiguration:
+    """A BGPConfiguration ``default`` with the node-to-node mesh switched off."""
+    return BGPConfiguration.from_document(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"nodeToNodeMeshEnabled": False},
+        }
+    )
+
+
 def bgp_peers(topology: Topology) -> list[BGPPeer]:
     peers = []
     if topology.options.route_reflectors:
-        peers.append(
-            BGPPeer.from_document(
-                {
-                    "apiVersion": "projectcalico.org/v3",
-                    "kind": "BGPPeer",
-                    "metadata": {"name": "peer-with-route-reflectors"},
-                    "spec": {"nodeSelector": "all()", "peerSelector": f"{RR_LABEL} == 'true'"},
-                }
-            )
-        )
+        peers.append(peer_with_route_reflectors())
     if topology.router.tor:
         peers += [tor_peer(topology, s.index) for s in topology.subnets]
     return peers
