@@ -11,7 +11,9 @@
  *               outer destination (exactly what the ipip module does for an NBMA tunl0). A
  *               second lookup finds the uplink for that node IP. We insert a 20-byte outer IPv4
  *               header (proto 4, src = this node's IP) and bpf_redirect_neigh() to the uplink,
- *               which fills in the L2 header from the neighbour table.
+ *               which fills in the L2 header from the neighbour table: with the next hop from
+ *               the second lookup when its neighbour is known (no third route lookup: this is
+ *               the per-packet fast path), else letting the kernel route the outer header.
  *   ipip_decap  (tc ingress on the uplink): proto-4 packets addressed to this node's IP whose
  *               source is in the allowlist (the known node IPs) lose their outer header and are
  *               redirected to tunl0's *ingress*, so the inner packet arrives on tunl0 as it would
@@ -64,6 +66,8 @@ enum {
 	ST_DECAP_DROP_MALFORMED,
 	ST_DECAP_PASS_NOT_OURS,
 	ST_DECAP_DROP_ERROR,
+	/* Of ENCAP_OK: the next hop's neighbour was unresolved, sent the slow way (see below). */
+	ST_ENCAP_VIA_ROUTE,
 	ST_MAX = 16,
 };
 
@@ -191,10 +195,23 @@ int ipip_encap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	count(ST_ENCAP_OK);
-	/* No explicit next hop (params = NULL): the kernel then routes the outer header and sets
-	 * that route as the skb's dst. With an explicit next hop the skb would keep the inner
-	 * route's dst (via tunl0), and a packet queued while ARP resolves is later re-sent through
-	 * that dst's neighbour: out of the uplink with tunl0's MAC, i.e. lost. */
+	/* Neighbour known (lookup 2 said SUCCESS): hand the kernel the next hop, so it goes
+	 * straight to neigh_output() without routing the outer header a third time. The neighbour
+	 * state machine still runs (a STALE entry is re-probed as usual); only the route lookup is
+	 * saved. Neighbour unknown: no explicit next hop (params = NULL), so the kernel routes the
+	 * outer header and sets that route as the skb's dst. With an explicit next hop the skb
+	 * keeps the inner route's dst (via tunl0), and a packet *queued* while ARP resolves is
+	 * later re-sent through that dst's neighbour: out of the uplink with tunl0's MAC, i.e.
+	 * lost. A valid neighbour queues nothing, so the fast path cannot hit that. */
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		struct bpf_redir_neigh nh = {
+			.nh_family = AF_INET,
+			.ipv4_nh = fib.ipv4_dst, /* the L3 next hop: the gateway, or the node itself */
+		};
+
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	count(ST_ENCAP_VIA_ROUTE);
 	return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
 }
 

@@ -58,6 +58,7 @@ COUNTERS = (
     "decap_drop_malformed",
     "decap_pass_not_ours",
     "decap_drop_error",
+    "encap_via_route",  # of encap_ok: next hop's neighbour unresolved, kernel routed the outer
 )
 _CONFIG = struct.Struct("=4sI6sH")  # struct ipip_config
 _KEY0 = struct.pack("=I", 0)

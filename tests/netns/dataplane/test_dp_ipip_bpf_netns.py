@@ -288,3 +288,23 @@ def test_tunnel_address_change_and_upgrade_keep_traffic(cluster: Cluster) -> Non
     assert ping(n1.pod_ns, POD_IP[2])
     assert upgraded.known_nodes() == {IPv4Address(NODE_IP[2])}
     n1.ipip = upgraded
+
+
+def test_first_packet_to_an_unresolved_neighbour_is_not_lost(cluster: Cluster) -> None:
+    """Encap sends via the kernel's route while ARP resolves, via the known next hop after.
+
+    The two ways differ in the skb's dst: a packet queued for ARP with the inner route's dst
+    would leave with tunl0's MAC and be lost. A single ping right after the neighbour is
+    flushed must arrive; then the fast path (``encap_ok`` without ``encap_via_route``) is used.
+    """
+    n1, n2 = cluster.nodes[1], cluster.nodes[2]
+    for node in (n1, n2):
+        sh("ip", "-n", node.ns, "neigh", "flush", "dev", "eth0")
+    before = n1.ipip.counters()
+    assert ping(n1.pod_ns, POD_IP[2])  # one echo; lost if the queued packet went astray
+    resolving = n1.ipip.counters()
+    assert resolving["encap_via_route"] > before["encap_via_route"], resolving
+    assert ping(n1.pod_ns, POD_IP[2])
+    after = n1.ipip.counters()
+    assert after["encap_ok"] > resolving["encap_ok"], after
+    assert after["encap_via_route"] == resolving["encap_via_route"], after
