@@ -76,6 +76,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="developer: the per-node agent command instead of 'tortie node run' "
         "({python} {name} {ip} {state_dir} {datastore} are filled in)",
     )
+    up.add_argument(
+        "--nat-outgoing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the pool's natOutgoing (default: yes); without it no table of tortie's "
+        "switches connection tracking on",
+    )
     up.add_argument("--dry-run", action="store_true", help="print the commands, build nothing")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     up.set_defaults(func=_up)
@@ -161,6 +168,7 @@ def _up(args: argparse.Namespace) -> int:
         tor=args.tor,
         datastore=args.lab_datastore or getattr(args, "datastore", None),
         wire_pods=args.wire_pods,
+        nat_outgoing=args.nat_outgoing,
         agents=(
             args.agents
             if args.agents is not None

@@ -1,10 +1,11 @@
 """tortie's nftables table: IPIP/VXLAN allowlist, anti-spoofing and natOutgoing at constant size.
 
 Problem: Calico in iptables mode grows rules with nodes and pods. Here every per-node and
-per-pod fact is a *set element*, and the rules (four of them) only refer to sets, so adding a
-node or a pod is one element in one set (a 0.2 ms transaction; about 4 ms for the whole
-``set_workloads`` call with 5,000 pods, diffing included), and the rule count never changes
-(bench/nft.py: the same four rules with 2 nodes/2 pods and with 500 nodes/5,000 pods).
+per-pod fact is a *set element*, and the rules (four of them; three while no pool has
+natOutgoing) only refer to sets, so adding a node or a pod is one element in one set (a 0.2 ms
+transaction; about 4 ms for the whole ``set_workloads`` call with 5,000 pods, diffing
+included), and the rule count never changes (bench/nft.py: the same four rules with 2 nodes/2
+pods and with 500 nodes/5,000 pods).
 
 The table (``inet tortie`` by default)::
 
@@ -20,6 +21,15 @@ The table (``inet tortie`` by default)::
           node from an address not in node_ips: count, drop.
     chain postrouting (nat, postrouting, srcnat 100): source in nat_pool_cidrs and destination
           outside pool_cidrs: masquerade (pod -> pod and pod -> any pool is never NATed).
+          Only while some pool has natOutgoing (below).
+
+Connection tracking on demand: a ``nat`` chain makes the kernel track every connection in the
+namespace, pod to pod included: a conntrack lookup per packet, measured at 5-8 % of pod-to-pod
+TCP throughput here (bench/README.md). So the postrouting chain exists only while some pool
+has natOutgoing; with none, tortie's table switches no conntrack on (the other chains are
+``filter`` chains). Until the manager is told the pools (:meth:`NftablesManager.set_pools`),
+an existing postrouting chain is left as found: an agent restart must not drop the NAT of
+live connections for the moment between its first write and its pool sync.
 
 Ownership: tortie only ever writes its own table (``table``/``family``); nothing else on the
 host is read or written, and nothing is flushed outside it. Everything in that table is ours:
@@ -43,7 +53,8 @@ Hazards:
 - A changed set type or chain hook means the table is rebuilt in one transaction (contents
   carried over): named counters restart from zero then.
 - NAT decisions are made on a connection's first packet: changing pools does not re-NAT
-  existing connections (conntrack keeps them until they end).
+  existing connections (conntrack keeps them until they end). Removing natOutgoing from the
+  last pool deletes the chain, which ends the translation of connections NATed so far.
 - IPv4 only: IPv6 from workloads is neither checked nor NATed.
 - A workload interface is only usable once its element is in ``workload_src``: the CNI
   plugin wires a pod before the agent hears of it, and until the agent's ``set_workloads``
@@ -61,7 +72,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses, summarize_address_range
 from typing import Any
 
@@ -78,6 +89,7 @@ WORKLOAD_PREFIX = "cali"
 SET_NODE_IPS = "node_ips"
 SET_POOLS = "pool_cidrs"
 SET_NAT_POOLS = "nat_pool_cidrs"
+NAT_CHAIN = "postrouting"  # present only while some pool has natOutgoing (module docstring)
 SET_WORKLOADS = "workload_src"
 COUNTERS = ("ipip_dropped", "vxlan_dropped", "spoofed")
 
@@ -153,6 +165,9 @@ class Ruleset:
     def set_def(self, name: str) -> SetDef:
         return next(s for s in self.sets if s.name == name)
 
+    def without_chains(self, names: frozenset[str]) -> Ruleset:
+        return replace(self, chains=tuple(c for c in self.chains if c.name not in names))
+
 
 def tortie_ruleset(
     *,
@@ -161,7 +176,10 @@ def tortie_ruleset(
     vxlan_port: int = VXLAN_PORT,
     workload_prefix: str = WORKLOAD_PREFIX,
 ) -> Ruleset:
-    """tortie's table: four rules over four sets, whatever the size of the cluster."""
+    """tortie's table: four rules over four sets, whatever the size of the cluster.
+
+    The manager leaves the NAT chain out while no pool has natOutgoing (module docstring).
+    """
     for name in (family, table):
         if not _NAME.match(name):
             raise ValueError(f"bad nftables name: {name!r}")
@@ -210,7 +228,7 @@ def tortie_ruleset(
                 ),
             ),
             ChainDef(
-                "postrouting",
+                NAT_CHAIN,
                 "nat",
                 "postrouting",
                 100,
@@ -350,8 +368,14 @@ def parse_table(objects: list[JsonObject], ruleset: Ruleset) -> ObservedTable:
     return seen
 
 
-def structural_differences(want: Ruleset, have: ObservedTable) -> list[str]:
-    """Why the table must be rebuilt (differences rules alone cannot fix)."""
+def structural_differences(
+    want: Ruleset, have: ObservedTable, optional: frozenset[str] = frozenset()
+) -> list[str]:
+    """Why the table must be rebuilt (differences rules alone cannot fix).
+
+    A chain of ``want`` that is missing, or an ``optional`` chain present but not wanted, is
+    no reason: :meth:`NftablesManager.ensure_table` adds or deletes just that chain.
+    """
     why = []
     if set(have.counters) != set(want.counters):
         why.append(f"counters {sorted(have.counters)} != {sorted(want.counters)}")
@@ -359,8 +383,13 @@ def structural_differences(want: Ruleset, have: ObservedTable) -> list[str]:
     if have.sets != want_sets:
         why.append(f"sets {have.sets} != {want_sets}")
     want_chains = {c.name: c.spec for c in want.chains}
-    if have.chains != want_chains:
-        why.append(f"chains {have.chains} != {want_chains}")
+    wrong = {
+        name: spec
+        for name, spec in have.chains.items()
+        if want_chains.get(name, spec if name in optional else None) != spec
+    }
+    if wrong:
+        why.append(f"chains {wrong} != {want_chains}")
     if have.other:
         why.append(f"unexpected objects {have.other}")
     return why
@@ -378,6 +407,14 @@ def create_script(ruleset: Ruleset, elements: Mapping[str, frozenset[Element]]) 
     for name, content in sorted(elements.items()):
         if content:
             lines.append(f"add element {ref} {name} {_element_block(content)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def chain_script(ruleset: Ruleset, chain: ChainDef) -> str:
+    """Add one chain with its rules (to an existing table)."""
+    ref = ruleset.ref
+    lines = [f"add chain {ref} {chain.name} {chain.render()}"]
+    lines += [f"add rule {ref} {chain.name} {rule.render()}" for rule in chain.rules]
     return "".join(line + "\n" for line in lines)
 
 
@@ -415,6 +452,8 @@ class NftablesManager:
         self._desired: dict[str, frozenset[Element] | None] = dict.fromkeys(names)
         self._observed: dict[str, frozenset[Element] | None] = dict.fromkeys(names)
         self._table_ok = False
+        # Whether the NAT chain is wanted: None until set_pools says (leave it as found).
+        self._nat_wanted: bool | None = None
         # (interface, address) as given -> element text, for the endpoints of the last call:
         # formatting 5,000 addresses costs about 20 ms, looking them up well under 1 ms.
         self._workload_text: dict[tuple[str, IPv4Address | str], Element] = {}
@@ -479,16 +518,23 @@ class NftablesManager:
 
     # -- the table ----------------------------------------------------------------------------
 
+    def _wanted(self, seen: ObservedTable | None) -> Ruleset:
+        """Our ruleset as it should be now: the NAT chain per :attr:`_nat_wanted`."""
+        nat = self._nat_wanted
+        if nat is None:  # not told yet: keep what is there (nothing if there is no table)
+            nat = seen is not None and NAT_CHAIN in seen.chains
+        return self.ruleset if nat else self.ruleset.without_chains(frozenset({NAT_CHAIN}))
+
     def ensure_table(self) -> list[str]:
         """Create the table, repair its structure or rules if they differ; return changes."""
-        rs = self.ruleset
         seen = self.observe()
+        rs = self._wanted(seen)
         if seen is None:
             contents = {n: v for n, v in self._desired.items() if v is not None}
             self.executor.run(create_script(rs, contents))
             self._after_rebuild(contents)
             return [f"created table {rs.ref}"]
-        why = structural_differences(rs, seen)
+        why = structural_differences(rs, seen, optional=frozenset({NAT_CHAIN}))
         if why:
             contents = self._carry_over(seen)
             # "add" first so "delete" cannot fail; all of it one transaction, so packets never
@@ -499,9 +545,15 @@ class NftablesManager:
             return [f"recreated table {rs.ref}: {'; '.join(why)}"]
         changes = []
         script = ""
+        for name in sorted(set(seen.chains) - {c.name for c in rs.chains}):
+            script += f"delete chain {rs.ref} {name}\n"  # only NAT_CHAIN gets here (optional)
+            changes.append(f"deleted chain {name} (no pool has natOutgoing)")
         for chain in rs.chains:
             want = [rule.comment for rule in chain.rules]
-            if seen.rules.get(chain.name, []) != want:
+            if chain.name not in seen.chains:
+                script += chain_script(rs, chain)
+                changes.append(f"added chain {chain.name}")
+            elif seen.rules.get(chain.name, []) != want:
                 script += rules_script(rs, chain)
                 changes.append(f"replaced the rules of chain {chain.name}")
         if script:
@@ -537,6 +589,7 @@ class NftablesManager:
             self._desired[name] = None
             self._observed[name] = None
         self._table_ok = False
+        self._nat_wanted = None
         if not self.table_exists():
             return []
         self.executor.run(f"delete table {self.ruleset.ref}\n")
@@ -551,9 +604,16 @@ class NftablesManager:
     def set_pools(
         self, all_cidrs: Iterable[IPv4Network | str], nat_cidrs: Iterable[IPv4Network | str]
     ) -> list[str]:
-        """Every pool, and those with natOutgoing (counted as pools too, so never NATed to)."""
+        """Every pool, and those with natOutgoing (counted as pools too, so never NATed to).
+
+        The NAT chain (and with it connection tracking) exists only while ``nat_cidrs`` is not
+        empty; it is added or deleted first, then the sets' delta is written.
+        """
         nat = [IPv4Network(c) for c in nat_cidrs]
         pools = [IPv4Network(c) for c in all_cidrs] + nat
+        if self._nat_wanted != bool(nat):
+            self._nat_wanted = bool(nat)
+            self._table_ok = False  # _update converges the table (the chain) first
         return self._update({SET_POOLS: pool_elements(pools), SET_NAT_POOLS: pool_elements(nat)})
 
     def set_workloads(self, endpoints: Iterable[tuple[str, IPv4Address | str]]) -> list[str]:

@@ -86,6 +86,7 @@ class LabOptions:
     datastore: str | None = None  # None: an SQLite file in the lab's directory
     wire_pods: PodWiringMode = "cni"
     agents: bool = False  # start ``tortie node run`` per node (the CLI: on with cni wiring)
+    nat_outgoing: bool = True  # the pool's natOutgoing (on: the agents' NAT chain, conntrack)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -389,7 +390,7 @@ def build_topology(options: LabOptions, lab_id: int) -> Topology:
             block_size=BLOCK_SIZE,
             ipip_mode=ipip_mode,
             vxlan_mode=vxlan_mode,
-            nat_outgoing=True,
+            nat_outgoing=options.nat_outgoing,
         ),
         warnings=_warnings(options),
     )

@@ -298,6 +298,17 @@ def test_pod_spoofing_another_address_is_dropped_and_counted(cluster: Cluster) -
     assert ping(a1, a2_ip)  # the pod's own traffic still flows
 
 
+def conntrack_entries(ns: str) -> int:
+    return int(sh("ip", "netns", "exec", ns, "cat", "/proc/sys/net/netfilter/nf_conntrack_count"))
+
+
+def tracked_after(ns: str, action: Callable[[], object]) -> int:
+    """How many conntrack entries ``action`` (a new flow through ``ns``) created there."""
+    before = conntrack_entries(ns)
+    action()
+    return conntrack_entries(ns) - before
+
+
 def _capture_ping(cluster: Cluster, ns: str, ifname: str, src_pod: str, dst: str) -> set[str]:
     cap = Capture(ns, ifname)
     try:
@@ -321,11 +332,23 @@ def test_nat_outgoing_to_the_internet_but_not_pod_to_pod(cluster: Cluster) -> No
 def test_table_converges_after_pool_node_and_pod_changes(cluster: Cluster) -> None:
     m = cluster.n1()
     assert m.rule_count() == 4
+    n1 = cluster.nodes[1]
+    a1, a2_ip = cluster.pods["a1"], PODS["a2"][1]
+    assert tracked_after(n1, lambda: ping(a1, a2_ip)) > 0  # the nat chain: conntrack on
     # Pool loses natOutgoing: pods' packets leave with their own address (and x cannot
-    # answer them: the underlay knows no pod routes).
-    assert m.set_pools([POOL], []) == ["nat_pool_cidrs: +0 -1 (0 now)"]
+    # answer them: the underlay knows no pod routes), and the NAT chain goes: no table of
+    # ours needs connection tracking now, so a new flow creates no conntrack entry.
+    assert m.set_pools([POOL], []) == [
+        "deleted chain postrouting (no pool has natOutgoing)",
+        "nat_pool_cidrs: +0 -1 (0 now)",
+    ]
+    assert m.rule_count() == 3
+    assert tracked_after(n1, lambda: ping(a1, a2_ip)) == 0
     assert _capture_ping(cluster, cluster.internet, "eth0", "a1", INTERNET_IP) == {PODS["a1"][1]}
-    assert m.set_pools([POOL], [POOL]) == ["nat_pool_cidrs: +1 -0 (1 now)"]
+    assert m.set_pools([POOL], [POOL]) == [
+        "added chain postrouting",
+        "nat_pool_cidrs: +1 -0 (1 now)",
+    ]
     assert _capture_ping(cluster, cluster.internet, "eth0", "a1", INTERNET_IP) == {
         NODE_IP[1],
         "answered",
@@ -340,7 +363,6 @@ def test_table_converges_after_pool_node_and_pod_changes(cluster: Cluster) -> No
     assert m.set_node_ips(NODE_IP.values()) == ["node_ips: +1 -0 (2 now)"]
     assert counted(m, "ipip_dropped", send) == 0
     # Pod a1 is deleted (its entry goes): whatever it still sends is refused; it comes back.
-    a1, a2_ip = cluster.pods["a1"], PODS["a2"][1]
     assert m.set_workloads(workloads(1, without=("a1",))) == ["workload_src: +0 -1 (1 now)"]
     assert counted(m, "spoofed", lambda: ping(a1, a2_ip, timeout=0.5)) >= 1
     assert m.set_workloads(workloads(1)) == ["workload_src: +1 -0 (2 now)"]

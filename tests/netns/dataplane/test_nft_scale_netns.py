@@ -38,6 +38,7 @@ def test_rule_count_is_constant_and_a_new_pod_is_one_quick_element() -> None:
         m = NftablesManager(ns)
         try:
             m.ensure_table()
+            m.set_pools(["10.64.0.0/12"], ["10.64.0.0/12"])  # natOutgoing: all four rules
             m.set_node_ips(nodes(2))
             m.set_workloads(pods(2))
             small = (m.rule_count(), rules_in_ruleset(ns))

@@ -91,6 +91,10 @@ class FakeNft:
                 assert m2, rest
                 t, h, p, pol = m2.groups()
                 table.chains[name] = {"spec": (t, h, int(p), pol), "rules": []}
+            elif verb == "delete":
+                if name not in table.chains:
+                    raise NftError("Error: No such file or directory")
+                del table.chains[name]
             else:  # flush
                 table.chains[name]["rules"] = []
         elif kind == "rule":
@@ -222,7 +226,7 @@ def test_table_created_once_and_then_left_alone(nft: FakeNft) -> None:
     assert m.ensure_table() == []
     assert manager(nft).ensure_table() == []  # a restarted agent
     assert len(nft.scripts) == 1
-    assert m.rule_count() == 4
+    assert m.rule_count() == 3  # no NAT chain until a pool asks for natOutgoing
 
 
 def test_first_set_call_creates_the_table_with_its_content(nft: FakeNft) -> None:
@@ -263,10 +267,11 @@ def test_pools_collapse_and_nat_pools_count_as_pools(nft: FakeNft) -> None:
     nft.scripts.clear()
     assert m.set_pools(["10.65.0.0/16"], ["10.70.0.0/16"]) == []
     assert m.set_pools(["10.65.0.0/16"], []) == [
+        "deleted chain postrouting (no pool has natOutgoing)",
         "nat_pool_cidrs: +0 -1 (0 now)",
         "pool_cidrs: +0 -1 (1 now)",
     ]
-    assert len(nft.scripts) == 1  # both sets in one transaction
+    assert len(nft.scripts) == 2  # the chain, then both sets in one transaction
 
 
 def test_restarted_manager_reads_the_kernel_and_writes_nothing(nft: FakeNft) -> None:
@@ -283,6 +288,39 @@ def test_restarted_manager_reads_the_kernel_and_writes_nothing(nft: FakeNft) -> 
     assert nft.scripts == []
 
 
+def test_nat_chain_only_while_a_pool_has_nat_outgoing(nft: FakeNft) -> None:
+    """A nat chain switches conntrack on for every packet: present only when needed."""
+    m = manager(nft)
+    m.set_pools(["10.65.0.0/16"], [])
+    assert "postrouting" not in nft.tables[("inet", "tortie")].chains
+    assert m.set_pools(["10.65.0.0/16"], ["10.65.0.0/16"]) == [
+        "added chain postrouting",
+        "nat_pool_cidrs: +1 -0 (1 now)",
+    ]
+    chain = nft.tables[("inet", "tortie")].chains["postrouting"]
+    assert chain["spec"] == ("nat", "postrouting", 100, "accept") and len(chain["rules"]) == 1
+    assert m.ensure_table() == [] and m.rule_count() == 4
+    assert m.set_pools(["10.65.0.0/16"], [])[0] == (
+        "deleted chain postrouting (no pool has natOutgoing)"
+    )
+    assert "postrouting" not in nft.tables[("inet", "tortie")].chains
+    assert m.ensure_table() == [] and m.rule_count() == 3
+
+
+def test_restarted_manager_keeps_the_nat_chain_until_it_knows_the_pools(nft: FakeNft) -> None:
+    """Deleting it on the first write would drop live connections' NAT for a moment."""
+    manager(nft).set_pools(["10.65.0.0/16"], ["10.65.0.0/16"])
+    nft.scripts.clear()
+    fresh = manager(nft)
+    assert fresh.set_node_ips(["192.168.49.2"]) == ["node_ips: +1 -0 (1 now)"]
+    assert "postrouting" in nft.tables[("inet", "tortie")].chains
+    assert fresh.set_pools(["10.65.0.0/16"], [])[0].startswith("deleted chain postrouting")
+    # ... and a table recreated from scratch before that has none.
+    nft.run("delete table inet tortie\n")
+    assert manager(nft).ensure_table() == ["created table inet tortie"]
+    assert "postrouting" not in nft.tables[("inet", "tortie")].chains
+
+
 def test_changed_rule_definition_replaces_only_that_chain(nft: FakeNft) -> None:
     manager(nft).set_node_ips(["192.168.49.2"])
     nft.scripts.clear()
@@ -297,7 +335,7 @@ def test_changed_rule_definition_replaces_only_that_chain(nft: FakeNft) -> None:
 
 def test_tampered_rules_are_put_back(nft: FakeNft) -> None:
     m = manager(nft)
-    m.ensure_table()
+    m.set_pools(["10.65.0.0/16"], ["10.65.0.0/16"])
     nft.run("add rule inet tortie prerouting accept\n")  # someone adds a rule to our chain
     assert m.ensure_table() == ["replaced the rules of chain prerouting"]
     nft.run("flush chain inet tortie postrouting\n")

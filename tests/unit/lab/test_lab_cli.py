@@ -31,6 +31,8 @@ def test_up_options_parse() -> None:
     assert (args.name, args.nodes, args.subnets, args.mode) == ("x", 3, 2, "bgp")
     assert (args.pods_per_node, args.route_reflectors, args.wire_pods) == (2, 1, "manual")
     assert args.lab_datastore is None and not args.tor and not args.agents
+    assert args.nat_outgoing is True
+    assert parser().parse_args(["lab", "up", "--no-nat-outgoing"]).nat_outgoing is False
 
 
 def test_exec_takes_everything_after_the_separator() -> None:

@@ -36,6 +36,8 @@ def test_pool_document_is_calicos_shape() -> None:
     assert doc["spec"]["ipipMode"] == "CrossSubnet"
     assert doc["spec"]["vxlanMode"] == "Never"
     assert doc["spec"]["natOutgoing"] is True
+    off = build_topology(LabOptions(nat_outgoing=False), 1)
+    assert ippool(off).to_document()["spec"]["natOutgoing"] is False
 
 
 def test_full_mesh_without_reflectors() -> None:
