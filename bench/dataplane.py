@@ -1,6 +1,6 @@
 """Pod-to-pod dataplane against the physical limit: throughput and latency per mode, in labs.
 
-Run as root:  .venv/bin/python bench/dataplane.py [--rounds 7] [--seconds 2]
+Run as root:  .venv/bin/python bench/dataplane.py [--rounds 9] [--seconds 2]
               [--round-trips 1000] [--modes bgp,ipip,crosssubnet,vxlan] [--json FILE]
 
 What is built (``tortie lab up``, all at once, under a private lab root, torn down at the end):
@@ -10,7 +10,10 @@ What is built (``tortie lab up``, all at once, under a private lab root, torn do
   node1 -> node3 through the router) and the *ideal pod path* (pod1 -> pod2; pod1 -> pod3);
 - one lab per mode with real agents and CNI-wired pods: ``bgp``, ``ipip`` (tc-BPF IPIP on
   this kernel), ``vxlan`` (2 nodes each) and ``crosssubnet`` (3 nodes, 2 subnets: pod1 -> pod2
-  is the same-subnet pair, routed natively; pod1 -> pod3 the cross-subnet pair, IPIP).
+  is the same-subnet pair, routed natively; pod1 -> pod3 the cross-subnet pair, IPIP). Their
+  pool has no natOutgoing (pod to pod is never NATed, and without it tortie switches no
+  connection tracking on); ``nat`` is the IPIP lab with natOutgoing, to show what
+  conntrack costs.
 
 What is measured on every path, ``--rounds`` times, interleaved (round r runs every path once
 per test before round r+1 starts, in an order rotated by r, so load drift from other jobs
@@ -84,14 +87,19 @@ class PathSpec:
     underlay: str | None = None
 
 
+# The mode labs' pools have no natOutgoing: pod-to-pod traffic is never NATed, but a nat
+# chain would switch connection tracking on for every packet (tortie.dataplane.nftables), a
+# cost the hand-wired reference does not pay. "ipip-nat" measures that cost on its own.
+NO_NAT = "--no-nat-outgoing"
 LABS: dict[str, LabPlan] = {
     "ref": LabPlan("ref", ("--nodes", "3", "--subnets", "2", "--wire-pods", "manual")),
-    "bgp": LabPlan("bgp", ("--nodes", "2", "--mode", "bgp")),
-    "ipip": LabPlan("ipip", ("--nodes", "2", "--mode", "ipip")),
+    "bgp": LabPlan("bgp", ("--nodes", "2", "--mode", "bgp", NO_NAT)),
+    "ipip": LabPlan("ipip", ("--nodes", "2", "--mode", "ipip", NO_NAT)),
+    "nat": LabPlan("nat", ("--nodes", "2", "--mode", "ipip")),  # lab names keep 5 characters
     "crosssubnet": LabPlan(
-        "crosssubnet", ("--nodes", "3", "--subnets", "2", "--mode", "crosssubnet")
+        "crosssubnet", ("--nodes", "3", "--subnets", "2", "--mode", "crosssubnet", NO_NAT)
     ),
-    "vxlan": LabPlan("vxlan", ("--nodes", "2", "--mode", "vxlan")),
+    "vxlan": LabPlan("vxlan", ("--nodes", "2", "--mode", "vxlan", NO_NAT)),
 }
 
 REFERENCE_PATHS = (
@@ -126,6 +134,16 @@ MODE_PATHS: dict[str, tuple[PathSpec, ...]] = {
     ),
     "ipip": (
         PathSpec("ipip", "IPIP (tc-BPF)", "ipip", "pod1", "pod2", "ipip", "ideal", "underlay"),
+        PathSpec(
+            "ipip-nat",
+            "IPIP, pool with natOutgoing (conntrack on)",
+            "nat",
+            "pod1",
+            "pod2",
+            "ipip",
+            "ideal",
+            "underlay",
+        ),
     ),
     "crosssubnet": (
         PathSpec(
@@ -578,24 +596,63 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def node_memory(run: LabRun, key: str) -> list[dict[str, Any]]:
-    """Per node of lab ``key``: RSS of the agent and of its BGP speaker processes (MiB)."""
-    lab = run.lab(key)
+def cpu_ticks(pid: int) -> int:
+    """User + system clock ticks ``pid`` has used (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+def node_processes(run: LabRun, key: str) -> list[tuple[str, int, list[int]]]:
+    """Per node of lab ``key``: (node, agent pid, its BGP speaker processes' pids)."""
     out = []
-    for rec in lab.state.processes:
+    for rec in run.lab(key).state.processes:
         if rec.role != "agent" or rec.node is None:
             continue
         speaker = [
             p for p in descendants(rec.pid) if "exabgp" in cmdline(p) or "bird" in cmdline(p)
         ]
-        out.append(
-            {
-                "node": rec.node,
-                "agent_mib": round(rss_kib(rec.pid) / 1024, 1),
-                "speaker_mib": round(sum(rss_kib(p) for p in speaker) / 1024, 1),
-                "speaker_processes": len(speaker),
-            }
-        )
+        out.append((rec.node, rec.pid, speaker))
+    return out
+
+
+def node_cpu(run: LabRun, keys: Sequence[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per lab and node: CPU ticks used so far by the agent and by its speaker processes."""
+    return {
+        key: {
+            node: (cpu_ticks(agent), sum(cpu_ticks(p) for p in speaker))
+            for node, agent, speaker in node_processes(run, key)
+        }
+        for key in keys
+    }
+
+
+def node_memory(
+    run: LabRun,
+    key: str,
+    cpu_before: dict[str, tuple[int, int]] | None = None,
+    seconds: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Per node of lab ``key``: RSS of the agent and of its BGP speaker processes (MiB) and,
+    given the CPU ticks at the start of ``seconds``, their CPU use since (% of one core)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = []
+    for node, agent, speaker in node_processes(run, key):
+        row: dict[str, Any] = {
+            "node": node,
+            "agent_mib": round(rss_kib(agent) / 1024, 1),
+            "speaker_mib": round(sum(rss_kib(p) for p in speaker) / 1024, 1),
+            "speaker_processes": len(speaker),
+        }
+        if cpu_before and node in cpu_before and seconds > 0:
+            agent0, speaker0 = cpu_before[node]
+            used = (cpu_ticks(agent) - agent0, sum(cpu_ticks(p) for p in speaker) - speaker0)
+            row["agent_cpu_pct"] = round(100 * used[0] / hz / seconds, 2)
+            row["speaker_cpu_pct"] = round(100 * used[1] / hz / seconds, 2)
+        out.append(row)
     return out
 
 
@@ -652,12 +709,16 @@ def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
             result["labs"][p.lab].setdefault("mtu", {})[p.key] = pod_mtu(ends[p.key][0], "eth0")
         log(f"  all {len(paths)} paths connected; measuring")
         result["load"].append(loadavg())
+        mode_labs = [k for k in lab_keys if k != "ref"]
+        # The agents and speakers are idle while pods talk: their CPU over the measurement
+        # is what a quiet node pays (and what they take from the measured paths).
+        cpu_before, measure_start = node_cpu(labs, mode_labs), time.monotonic()
         samples, errors = measure(paths, ends, args, log)
+        measured_s = time.monotonic() - measure_start
         result["load"].append(loadavg())
         result["samples"], result["errors"] = samples, errors
-        for key in lab_keys:
-            if key != "ref":
-                result["memory"][key] = node_memory(labs, key)
+        for key in mode_labs:
+            result["memory"][key] = node_memory(labs, key, cpu_before[key], measured_s)
     finally:
         failures = labs.close()
         result["errors"] += [{"error": f} for f in failures]
@@ -674,7 +735,7 @@ def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="repeats, interleaved (default 7)")
+    parser.add_argument("--rounds", type=int, default=9, help="repeats, interleaved (default 9)")
     parser.add_argument("--seconds", type=float, default=2.0, help="per iperf3 run (default 2)")
     parser.add_argument("--round-trips", type=int, default=1000, help="per RR run (default 1000)")
     parser.add_argument("--modes", type=lambda s: tuple(s.split(",")), default=MODES)

@@ -209,18 +209,25 @@ def render_dataplane(dp: dict[str, Any]) -> str:
     if memory:
         lines += [
             "",
-            "**Memory per node** (RSS from /proc in the running labs, MiB; speaker = "
-            "ExaBGP and its helper, children of the agent):",
+            "**Memory and idle CPU per node** (RSS from /proc in the running labs, MiB; CPU "
+            "from /proc over the whole measurement, while the pods talk and the control plane "
+            "idles, % of one core; speaker = ExaBGP and its helper, children of the agent):",
             "",
-            "| lab | nodes | agent | speaker | agent + speaker |",
-            "|---|---|---|---|---|",
+            "| lab | nodes | agent MiB | speaker MiB | agent + speaker MiB "
+            "| agent CPU % | speaker CPU % |",
+            "|---|---|---|---|---|---|---|",
         ]
         for key, nodes in memory.items():
             agent = spread([n["agent_mib"] for n in nodes])
             speaker = spread([n["speaker_mib"] for n in nodes])
             both = spread([n["agent_mib"] + n["speaker_mib"] for n in nodes])
+            cpu = [
+                fmt(spread([n.get(k) for n in nodes]), 2)
+                for k in ("agent_cpu_pct", "speaker_cpu_pct")
+            ]
             lines.append(
-                f"| {key} | {len(nodes)} | {fmt(agent, 1)} | {fmt(speaker, 1)} | {fmt(both, 1)} |"
+                f"| {key} | {len(nodes)} | {fmt(agent, 1)} | {fmt(speaker, 1)} | {fmt(both, 1)} "
+                f"| {cpu[0]} | {cpu[1]} |"
             )
     errors = dp.get("errors", [])
     if errors:

@@ -53,7 +53,7 @@ Log = Callable[[str], None]
 def dataplane_argv(smoke: bool) -> list[str]:
     if smoke:
         return ["--rounds", "1", "--seconds", "1", "--round-trips", "200"]
-    return ["--rounds", "7", "--seconds", "2", "--round-trips", "1000"]
+    return ["--rounds", "9", "--seconds", "2", "--round-trips", "1000"]
 
 
 def scale_argv(smoke: bool) -> list[str]:

@@ -12,11 +12,22 @@ import pytest
 from benchmods import load
 
 dataplane = load("dataplane")
+report = load("report")
+
+
+def test_mode_labs_have_no_nat_outgoing_but_the_conntrack_lab() -> None:
+    """Pod to pod is never NATed; natOutgoing would only add conntrack (measured apart)."""
+    for key, plan in dataplane.LABS.items():
+        nat_off = "--no-nat-outgoing" in plan.up_args
+        assert nat_off == (key not in ("ref", "nat")), key
+    by_key = {p.key: p for p in dataplane.plan_paths(("ipip",))}
+    assert by_key["ipip-nat"].lab == "nat" and by_key["ipip-nat"].ideal == "ideal"
+    assert by_key["ipip-nat"].key not in report.TARGETS  # shown, not judged
 
 
 def test_plan_has_references_first_and_cross_references_only_with_crosssubnet() -> None:
     keys = [p.key for p in dataplane.plan_paths(("bgp", "ipip"))]
-    assert keys == ["underlay", "ideal", "bgp", "ipip"]
+    assert keys == ["underlay", "ideal", "bgp", "ipip", "ipip-nat"]
     every = dataplane.plan_paths(dataplane.MODES)
     keys = [p.key for p in every]
     assert keys[:4] == ["underlay", "ideal", "underlay-x", "ideal-x"]

@@ -58,7 +58,18 @@ def synthetic_dataplane() -> dict[str, Any]:
         "labs": {
             "ref": {"command": "tortie lab up --name x-ref", "up_s": 1.0, "mtu": {"ideal": 1500}}
         },
-        "memory": {"bgp": [{"node": "node1", "agent_mib": 57.0, "speaker_mib": 45.0}]},
+        "memory": {
+            "bgp": [
+                {
+                    "node": "node1",
+                    "agent_mib": 57.0,
+                    "speaker_mib": 45.0,
+                    "agent_cpu_pct": 1.25,
+                    "speaker_cpu_pct": 0.5,
+                }
+            ],
+            "vxlan": [{"node": "node1", "agent_mib": 50.0, "speaker_mib": 0.0}],  # no CPU figure
+        },
         "errors": [],
         "seconds": 100,
     }
@@ -84,7 +95,8 @@ def test_render_dataplane_and_headline() -> None:
     assert ">= 90% of ideal | FAIL / PASS |" in text
     assert "p50 <= 1.1x ideal | PASS |" in text
     assert "`tortie lab up --name x-ref`: up in 1.0 s; pod/node eth0 MTU: ideal 1500" in text
-    assert "| bgp | 1 | 57.0 | 45.0 | 102.0 |" in text
+    assert "| bgp | 1 | 57.0 | 45.0 | 102.0 | 1.25 | 0.50 |" in text
+    assert "| vxlan | 1 | 50.0 | 0.0 | 50.0 | n/a | n/a |" in text
     head = report.headline({"dataplane": dp})
     assert "| IPIP (tc-BPF) |" in head and "tput FAIL, p50 FAIL" in head
     assert "tput PASS, p50 PASS" in head
