@@ -229,3 +229,29 @@ def test_plot_copes_with_missing_parts(tmp_path: Path) -> None:
     report.plot({"smoke": True}, str(png))
     assert png.stat().st_size > 0
     assert "smoke run" in report.render({"smoke": True})
+
+
+def test_median_ci_uses_binomial_order_statistics() -> None:
+    nine = [0.91, 0.85, 0.99, 0.88, 0.80, 0.95, 1.02, 0.87, 0.93]
+    # n = 9: P(B(9, 1/2) < 2) = 10/512 <= 2.5 %, P(B < 3) = 46/512 > 2.5 %: 2nd and 8th.
+    assert report.median_ci(nine) == (0.85, 0.99)
+    assert report.median_ci(nine[:7]) == (min(nine[:7]), max(nine[:7]))  # n = 7: min-max
+    assert report.median_ci([1.0]) is None
+    # 20 values: P(B(20, 1/2) < 6) = 2.1 % <= 2.5 %, P(B < 7) = 5.8 %: 6th and 15th.
+    twenty = [i / 20 for i in range(20)]
+    assert report.median_ci(twenty) == (5 / 20, 14 / 20)
+
+
+def test_a_verdict_inside_the_interval_is_within_noise() -> None:
+    dp = synthetic_dataplane()
+    # BGP mode: per round 0.88, 0.99, 1.03 of ideal (median 0.99 >= 0.97, CI 0.88-1.03).
+    dp["samples"]["bgp"]["tput1"] = _tput(8.8, 9.9, 10.3)
+    dp["samples"]["ideal"]["tput1"] = _tput(10, 10, 10)
+    rows = {r["key"]: r for r in report.dataplane_figures(dp)}
+    assert rows["bgp"]["tput1_ok"] is True and rows["bgp"]["tput1_sure"] is False
+    assert report.verdict(True, False) == "PASS (within noise)"
+    assert report.verdict(False, True) == "FAIL" and report.verdict(None, False) == "n/a"
+    assert "tput PASS (within noise)" in report.headline({"dataplane": dp})
+    dp["samples"]["bgp"]["tput1"] = _tput(9.8, 9.9, 10.3)  # all above 0.97: sure
+    rows = {r["key"]: r for r in report.dataplane_figures(dp)}
+    assert rows["bgp"]["tput1_sure"] is True
