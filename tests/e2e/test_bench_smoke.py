@@ -52,7 +52,7 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         "### IPAM",
         "### Route programming",
         "### BGP convergence",
-        "**Memory per node**",
+        "**Memory and idle CPU per node**",
     ):
         assert figure in md, figure
     assert "## Problems in this run" not in md

@@ -55,6 +55,8 @@ Hazards:
 - NAT decisions are made on a connection's first packet: changing pools does not re-NAT
   existing connections (conntrack keeps them until they end). Removing natOutgoing from the
   last pool deletes the chain, which ends the translation of connections NATed so far.
+  Connection tracking stops a moment later, not with the commit: the kernel releases it
+  when the masquerade expression is destroyed, which nftables defers to a work queue.
 - IPv4 only: IPv6 from workloads is neither checked nor NATed.
 - A workload interface is only usable once its element is in ``workload_src``: the CNI
   plugin wires a pod before the agent hears of it, and until the agent's ``set_workloads``
