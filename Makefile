@@ -27,7 +27,7 @@ test-unit: deps
 demo: deps
 	$(PY) -m tortie.lab.demo
 
-# The benchmark suite against the physical limit (~8 min here): bench/results.md and .png.
+# The benchmark suite against the physical limit (~10 min here): bench/results.md and .png.
 bench: deps
 	$(PY) bench/run.py
 
