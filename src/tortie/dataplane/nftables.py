@@ -403,13 +403,13 @@ def create_script(ruleset: Ruleset, elements: Mapping[str, frozenset[Element]]) 
     lines = [f"add table {ref}"]
     lines += [f"add counter {ref} {name}" for name in ruleset.counters]
     lines += [f"add set {ref} {s.name} {s.render()}" for s in ruleset.sets]
-    for chain in ruleset.chains:
-        lines.append(f"add chain {ref} {chain.name} {chain.render()}")
-        lines += [f"add rule {ref} {chain.name} {rule.render()}" for rule in chain.rules]
-    for name, content in sorted(elements.items()):
-        if content:
-            lines.append(f"add element {ref} {name} {_element_block(content)}")
-    return "".join(line + "\n" for line in lines)
+    chains = "".join(chain_script(ruleset, chain) for chain in ruleset.chains)
+    elems = [
+        f"add element {ref} {name} {_element_block(content)}"
+        for name, content in sorted(elements.items())
+        if content
+    ]
+    return "".join(line + "\n" for line in lines) + chains + "".join(e + "\n" for e in elems)
 
 
 def chain_script(ruleset: Ruleset, chain: ChainDef) -> str:
