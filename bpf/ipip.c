@@ -202,7 +202,8 @@ int ipip_encap(struct __sk_buff *skb)
 	 * outer header and sets that route as the skb's dst. With an explicit next hop the skb
 	 * keeps the inner route's dst (via tunl0), and a packet *queued* while ARP resolves is
 	 * later re-sent through that dst's neighbour: out of the uplink with tunl0's MAC, i.e.
-	 * lost. A valid neighbour queues nothing, so the fast path cannot hit that. */
+	 * lost. A valid neighbour queues nothing, so the fast path hits that only if the entry
+	 * fails in the moment between the lookup and the send: one lost packet, TCP resends. */
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		struct bpf_redir_neigh nh = {
 			.nh_family = AF_INET,
