@@ -129,16 +129,16 @@ def dataplane_figures(dp: dict[str, Any]) -> list[dict[str, Any]]:
         for ref_kind in ("ideal", "underlay"):
             ref = path.get(ref_kind)
             for test in ("tput1", "tput4"):
-                row[f"{test}_vs_{ref_kind}"] = (
-                    spread(
-                        paired_ratios(
-                            _series(samples, key, test, "gbits"),
-                            _series(samples, ref, test, "gbits"),
-                        )
+                ratios = (
+                    paired_ratios(
+                        _series(samples, key, test, "gbits"), _series(samples, ref, test, "gbits")
                     )
                     if ref
-                    else None
+                    else []
                 )
+                row[f"{test}_vs_{ref_kind}"] = spread(ratios)
+                if ref_kind == "ideal":
+                    row[f"{test}_vs_ideal_ci"] = median_ci(ratios)
             for q in ("p50", "p99"):
                 row[f"{q}_vs_{ref_kind}"] = (
                     spread(
@@ -150,16 +150,6 @@ def dataplane_figures(dp: dict[str, Any]) -> list[dict[str, Any]]:
                     if ref
                     else None
                 )
-        for test in ("tput1", "tput4"):
-            ratios = (
-                paired_ratios(
-                    _series(samples, key, test, "gbits"),
-                    _series(samples, path["ideal"], test, "gbits"),
-                )
-                if path.get("ideal")
-                else []
-            )
-            row[f"{test}_vs_ideal_ci"] = median_ci(ratios)
         target = TARGETS.get(key)
         row["target"] = target
         if target is not None:
