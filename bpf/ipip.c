@@ -7,9 +7,13 @@
  * pair, ARP off) and do the tunnel's work in two tc programs:
  *
  *   ipip_encap  (tc egress on tunl0): the kernel has already routed the pod's packet to tunl0.
- *               A FIB lookup on the inner destination returns the route's gateway, which is the
- *               outer destination (exactly what the ipip module does for an NBMA tunl0). A
- *               second lookup finds the uplink for that node IP. We insert a 20-byte outer IPv4
+ *               That route's gateway is the outer destination (exactly what the ipip module
+ *               does for an NBMA tunl0: rt_nexthop() of the skb's route). ipip.o reads it from
+ *               the skb's dst (kfuncs, kernel >= 6.2); ipip-compat.o, built without
+ *               TORTIE_GW_FROM_DST for older kernels, asks a FIB lookup on the inner
+ *               destination instead (also ipip.o's fallback for a dst without an IPv4
+ *               gateway, counted as encap_gw_by_lookup). A second lookup finds the uplink for
+ *               that node IP. We insert a 20-byte outer IPv4
  *               header (proto 4, src = this node's IP) and bpf_redirect_neigh() to the uplink,
  *               which fills in the L2 header from the neighbour table: with the next hop from
  *               the second lookup when its neighbour is known (no third route lookup: this is
@@ -28,6 +32,9 @@
  * Hazards: BPF_F_ADJ_ROOM_DECAP_L3_IPV4 needs kernel >= 6.3: we try it first and fall back to a
  * plain shrink (enough for non-GSO packets, e.g. on Debian 12's 6.1). The outer header is not
  * checksum-verified here (ip_rcv would do that for the module); the uplink is a trusted wire.
+ * ipip.o reads kernel structs through CO-RE (libbpf relocates the offsets against the running
+ * kernel's BTF) and needs the kfuncs bpf_cast_to_kern_ctx and bpf_rdonly_cast (6.2+): where it
+ * does not load, tortie/dataplane/ipip_bpf.py loads ipip-compat.o instead.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -36,6 +43,26 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#ifdef TORTIE_GW_FROM_DST
+#include <bpf/bpf_core_read.h>
+
+/* Kernel >= 6.2 kfuncs: read the skb's route (read-only) the way the ipip module does. */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* CO-RE views of the kernel structs: only the fields we read; libbpf relocates the offsets
+ * against the running kernel's BTF (anonymous unions in sk_buff are matched by field name). */
+struct sk_buff {
+	unsigned long _skb_refdst;
+} __attribute__((preserve_access_index));
+
+struct rtable {
+	__u8 rt_gw_family;
+	__be32 rt_gw4;
+} __attribute__((preserve_access_index));
+
+#define SKB_DST_PTRMASK ~1UL /* bit 0 of _skb_refdst is SKB_DST_NOREF */
+#endif
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -68,6 +95,8 @@ enum {
 	ST_DECAP_DROP_ERROR,
 	/* Of ENCAP_OK: the next hop's neighbour was unresolved, sent the slow way (see below). */
 	ST_ENCAP_VIA_ROUTE,
+	/* Outer destination from a FIB lookup, not the skb's route (every packet in compat). */
+	ST_ENCAP_GW_BY_LOOKUP,
 	ST_MAX = 16,
 };
 
@@ -144,6 +173,24 @@ int ipip_encap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 
+#ifdef TORTIE_GW_FROM_DST
+	/* 1: the route the kernel chose names the remote node as gateway (ip_tunnel_xmit's
+	 * rt_nexthop for an NBMA tunnel): read it from the skb's dst, no lookup needed. Every
+	 * IPv4 dst is an rtable underneath (an xfrm bundle copies the gateway into its own). */
+	{
+		struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+		unsigned long refdst = kskb->_skb_refdst & SKB_DST_PTRMASK;
+		struct rtable *rt;
+
+		if (refdst) {
+			rt = bpf_rdonly_cast((void *)refdst, bpf_core_type_id_kernel(struct rtable));
+			if (rt->rt_gw_family == AF_INET && rt->rt_gw4) {
+				outer_dst = rt->rt_gw4;
+				goto have_outer;
+			}
+		}
+	}
+#endif
 	/* 1: the inner destination's route through tunl0 names the remote node as gateway.
 	 * tot_len = 0 leaves the MTU check to the kernel's is_skb_forwardable (GSO-aware). */
 	fib.family = AF_INET;
@@ -158,6 +205,10 @@ int ipip_encap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	outer_dst = fib.ipv4_dst;
+	count(ST_ENCAP_GW_BY_LOOKUP);
+#ifdef TORTIE_GW_FROM_DST
+have_outer:
+#endif
 
 	/* 2: how this node reaches that node IP: egress device and L3 next hop. */
 	__builtin_memset(&fib, 0, sizeof(fib));

@@ -14,6 +14,12 @@ Naming the directory by the object's hash makes "already loaded" a path check, a
 (a new object) loads next to the old one, copies the allowlist over, swaps the tc filters
 atomically, then unpins the old version.
 
+Two builds of ``bpf/ipip.c``, tried in order: ``ipip.o`` reads the outer destination from the
+skb's route (kfuncs, kernel >= 6.2: one FIB lookup per packet instead of two) and
+``ipip-compat.o`` looks it up (any kernel with bpf_redirect_neigh, 5.10+). Whichever is already
+pinned wins, so a node never flips between them at a resync; a kernel that refuses ``ipip.o``
+costs one failed load per (re)load, logged with the verifier's reason.
+
 Invariants: :meth:`BpfIPIP.ensure_device` on a node that is already set up changes nothing and
 reports nothing (no reload, no re-attach, no map write: restart safety); the config and
 allowlist maps are written before the programs are attached, so an attached program never
@@ -33,7 +39,7 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -59,19 +65,23 @@ COUNTERS = (
     "decap_pass_not_ours",
     "decap_drop_error",
     "encap_via_route",  # of encap_ok: next hop's neighbour unresolved, kernel routed the outer
+    "encap_gw_by_lookup",  # outer destination by FIB lookup (every packet with ipip-compat.o)
 )
 _CONFIG = struct.Struct("=4sI6sH")  # struct ipip_config
 _KEY0 = struct.pack("=I", 0)
 _ALLOWED = struct.pack("=I", 1)
 OBJECT_ENV = "TORTIE_BPF_OBJECT"
+OBJECTS = ("ipip.o", "ipip-compat.o")  # preference order, as bpf/Makefile builds them
 
 
-def default_bpf_object() -> Path:
-    """``$TORTIE_BPF_OBJECT``, else the checkout's ``bpf/build/ipip.o`` (``make -C bpf``)."""
+def default_bpf_objects() -> tuple[Path, ...]:
+    """``$TORTIE_BPF_OBJECT`` alone, else the checkout's ``bpf/build/ipip.o`` and its fallback
+    ``ipip-compat.o`` (``make -C bpf``)."""
     env = os.environ.get(OBJECT_ENV)
     if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "bpf" / "build" / "ipip.o"
+        return (Path(env),)
+    build = Path(__file__).resolve().parents[3] / "bpf" / "build"
+    return tuple(build / name for name in OBJECTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +129,8 @@ class BpfIPIP:
         uplink: str,
         pin_dir: Path,
         netns: NetnsRef = None,
-        bpf_object: Path | None = None,
+        bpf_object: Path | None = None,  # just this one; default: default_bpf_objects()
+        bpf_objects: Sequence[Path] | None = None,  # these, in preference order
         device: str = TUNNEL_DEVICE,
         peer: str | None = None,
         bpftool: str = "bpftool",
@@ -129,7 +140,14 @@ class BpfIPIP:
         self.uplink = uplink
         self.pin_dir = Path(pin_dir)
         self.netns = netns
-        self.bpf_object = Path(bpf_object) if bpf_object is not None else default_bpf_object()
+        if bpf_object is not None and bpf_objects is not None:
+            raise ValueError("give bpf_object or bpf_objects, not both")
+        if bpf_objects is not None:
+            self.bpf_objects = tuple(Path(p) for p in bpf_objects)
+        elif bpf_object is not None:
+            self.bpf_objects = (Path(bpf_object),)
+        else:
+            self.bpf_objects = default_bpf_objects()
         self.device = device
         self.peer = peer or device + PEER_SUFFIX
         self.bpftool = bpftool
@@ -184,32 +202,55 @@ class BpfIPIP:
 
     # -- programs and maps ------------------------------------------------------------------
 
-    def _pins_for_object(self) -> Pins:
-        try:
-            digest = hashlib.sha256(self.bpf_object.read_bytes()).hexdigest()[:16]
-        except FileNotFoundError as exc:
-            raise IPIPError(f"BPF object {self.bpf_object} missing: run `make -C bpf`") from exc
-        return Pins(self.pin_dir / f"ipip-{digest}")
+    def _candidates(self) -> list[tuple[Path, Pins]]:
+        """The objects that exist, in preference order, each with where it would be pinned."""
+        found = []
+        for obj in self.bpf_objects:
+            try:
+                digest = hashlib.sha256(obj.read_bytes()).hexdigest()[:16]
+            except FileNotFoundError:
+                continue
+            found.append((obj, Pins(self.pin_dir / f"ipip-{digest}")))
+        if not found:
+            raise IPIPError(f"BPF object {self.bpf_objects[0]} missing: run `make -C bpf`")
+        return found
+
+    def _current_pins(self) -> Pins:
+        """The loaded version's pins (the first candidate's if none is loaded)."""
+        candidates = self._candidates()
+        for _, pins in candidates:
+            if pins.complete():
+                return pins
+        return candidates[0][1]
 
     def _ensure_loaded(self) -> tuple[Pins, list[str]]:
         bpffs.ensure_bpffs(self.pin_dir)
-        pins = self._pins_for_object()
-        if pins.complete():
-            return pins, []
-        if pins.dir.exists():
-            _unpin(pins.dir)  # a load that died half-way
+        candidates = self._candidates()
+        for _, pins in candidates:
+            if pins.complete():
+                return pins, []
         if shutil.which(self.bpftool) is None:
             raise IPIPError(f"{self.bpftool} not found (Debian package bpftool)")
-        cmd = [
-            self.bpftool, "prog", "loadall", str(self.bpf_object), str(pins.dir),
-            "type", "classifier", "pinmaps", str(pins.dir / "maps"),
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not pins.complete():
-            raise IPIPError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}")
-        changes = [f"loaded {self.bpf_object.name} into {pins.dir}"]
-        changes += self._inherit_allowlist(pins)
-        return pins, changes
+        refused: list[str] = []
+        for obj, pins in candidates:
+            if pins.dir.exists():
+                _unpin(pins.dir)  # a load that died half-way
+            cmd = [
+                self.bpftool, "prog", "loadall", str(obj), str(pins.dir),
+                "type", "classifier", "pinmaps", str(pins.dir / "maps"),
+            ]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode == 0 and pins.complete():
+                changes = [f"loaded {obj.name} into {pins.dir}"]
+                if refused:
+                    changes.append(f"not loaded: {'; '.join(refused)}")
+                    log.warning("bpf ipip fallback to %s: %s", obj.name, "; ".join(refused))
+                return pins, changes + self._inherit_allowlist(pins)
+            if pins.dir.exists():
+                _unpin(pins.dir)
+            reason = proc.stderr.strip()[-2000:] or "no output"
+            refused.append(f"{' '.join(cmd)} failed: {reason}")
+        raise IPIPError("\n".join(refused))
 
     def _older_versions(self, current: Pins) -> list[Pins]:
         return [
@@ -296,12 +337,12 @@ class BpfIPIP:
 
     def known_nodes(self) -> set[IPv4Address]:
         """What the kernel's allowlist holds now."""
-        pins = self._pins or self._pins_for_object()
+        pins = self._pins or self._current_pins()
         with PinnedMap(pins.map("ipip_allow")) as allow:
             return {IPv4Address(key) for key in allow}
 
     def counters(self) -> dict[str, int]:
-        pins = self._pins or self._pins_for_object()
+        pins = self._pins or self._current_pins()
         if not pins.complete():
             return {}
         with PinnedMap(pins.map("ipip_stats")) as stats:

@@ -78,7 +78,8 @@ def lab() -> Iterator[Lab]:
 
 
 def build_bpf() -> Path:
-    """Build bpf/build/ipip.o with the project's Makefile (fast when up to date)."""
+    """Build bpf/build/ipip.o and ipip-compat.o with the project's Makefile (fast when up to
+    date); returns ipip.o's path."""
     for tool in ("clang", "bpftool", "make"):
         if shutil.which(tool) is None:
             raise RuntimeError(

@@ -105,9 +105,11 @@ def wire_node(the_lab: Lab, underlay: str, i: int, obj: Path) -> Node:
     return Node(ns, pod_ns, nl, ipip, routes, ipip.pin_dir)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    obj = build_bpf()
+# Both builds of bpf/ipip.c: ipip.o (outer destination from the skb's route, kfuncs) and
+# ipip-compat.o (by FIB lookup, for kernels before 6.2), each through every test here.
+@pytest.fixture(scope="module", params=["ipip.o", "ipip-compat.o"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    obj = build_bpf().parent / request.param
     with lab() as the_lab:
         underlay = the_lab.netns("u")
         the_lab.ip(underlay, "link", "add", "br0", "type", "bridge")
@@ -308,3 +310,44 @@ def test_first_packet_to_an_unresolved_neighbour_is_not_lost(cluster: Cluster) -
     after = n1.ipip.counters()
     assert after["encap_ok"] > resolving["encap_ok"], after
     assert after["encap_via_route"] == resolving["encap_via_route"], after
+
+
+def test_outer_destination_comes_from_the_route_or_a_lookup_by_build(cluster: Cluster) -> None:
+    """ipip.o takes the gateway from the skb's route; ipip-compat.o looks it up per packet."""
+    n1 = cluster.nodes[1]
+    before = n1.ipip.counters()
+    assert ping(n1.pod_ns, POD_IP[2])
+    after = n1.ipip.counters()
+    sent = after["encap_ok"] - before["encap_ok"]
+    looked_up = after["encap_gw_by_lookup"] - before["encap_gw_by_lookup"]
+    assert sent >= 1, after
+    assert looked_up == (0 if cluster.obj.name == "ipip.o" else sent), (cluster.obj.name, after)
+
+
+def test_an_object_the_kernel_refuses_falls_back_to_the_next(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A first choice that does not load (here: not even ELF) leaves the next one loaded."""
+    n1 = cluster.nodes[1]
+    refused = tmp_path / "ipip-refused.o"
+    refused.write_bytes(b"not an ELF object")
+    other = tmp_path / "ipip-next.o"
+    other.write_bytes(cluster.obj.read_bytes() + b"\0\0")  # same code, a new version
+    nodes = {IPv4Address(NODE_IP[2])}
+    fallback = BpfIPIP(
+        n1.netlink,
+        node_ip=IPv4Address(NODE_IP[1]),
+        uplink="eth0",
+        pin_dir=n1.pin_dir,
+        netns=n1.ns,
+        bpf_objects=[refused, other],
+    )
+    fallback.set_known_nodes(nodes)
+    changes = fallback.ensure_device(MTU, "10.65.1.3")
+    assert any(c.startswith(f"loaded {other.name} into") for c in changes), changes
+    assert any(c.startswith("not loaded: ") and refused.name in c for c in changes), changes
+    assert ping(n1.pod_ns, POD_IP[2])
+    # Settled: the loaded fallback is kept, the refused object is not tried again.
+    assert fallback.ensure_device(MTU, "10.65.1.3") == []
+    assert fallback.known_nodes() == nodes
+    n1.ipip = fallback

@@ -16,7 +16,7 @@ from tortie.dataplane.ipip import (
     probe_kernel_ipip,
     tunnel_interface,
 )
-from tortie.dataplane.ipip_bpf import COUNTERS, BpfIPIP, Pins, default_bpf_object
+from tortie.dataplane.ipip_bpf import COUNTERS, BpfIPIP, Pins, default_bpf_objects
 from tortie.dataplane.ipip_kernel import KernelIPIP
 from tortie.dataplane.netlink import NetlinkError
 
@@ -116,9 +116,12 @@ def test_bpf_layout_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     pins = Pins(tmp_path / "ipip-abc")
     assert pins.encap.name == "ipip_encap" and pins.map("ipip_allow").parent.name == "maps"
     assert not pins.complete()
-    assert default_bpf_object().parts[-3:] == ("bpf", "build", "ipip.o")
+    monkeypatch.delenv("TORTIE_BPF_OBJECT", raising=False)
+    fast, compat = default_bpf_objects()  # the preferred build first, then its fallback
+    assert fast.parts[-3:] == ("bpf", "build", "ipip.o")
+    assert compat.parts[-3:] == ("bpf", "build", "ipip-compat.o")
     monkeypatch.setenv("TORTIE_BPF_OBJECT", "/x/y.o")
-    assert default_bpf_object() == Path("/x/y.o")
+    assert default_bpf_objects() == (Path("/x/y.o"),)  # an explicit object, no fallback
     assert COUNTERS[0] == "encap_ok" and COUNTERS[5] == "decap_drop_unknown_src"
 
 
