@@ -73,7 +73,15 @@ CACHE_ENV = "TORTIE_VM_CACHE"
 DEFAULT_CACHE = Path("/var/cache/tortie-vm")
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 # What the guest needs; dependencies are added (and ordered first) by the builder.
-ROOT_MODULES = ("virtio_pci", "virtiofs", "overlay", "veth", "ipip")
+ROOT_MODULES = (
+    "virtio_pci",
+    "virtiofs",
+    "overlay",
+    "veth",
+    "ipip",
+    "sch_ingress",  # clsact, and cls_bpf: the tc-BPF IPIP backend in the interop scenario
+    "cls_bpf",
+)
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static (statically linked: no libraries)
 QEMU = "qemu-system-x86_64"
 # Debian 12 ships QEMU's C virtiofsd inside qemu-system-common; Debian 13 has the Rust one in

@@ -17,6 +17,14 @@ the agent's own route calculation (``compute_routes``) programmed by a ``RouteTa
 ``configure_workload_interface``. Then pod-to-pod pings (one with DF at the 1480 MTU) while an
 AF_PACKET socket records n1's uplink.
 
+With ``bpf`` for a node (e.g. ``bpf,kernel``), that node runs the tc-BPF backend on this older
+kernel: its loader must fall back to ``ipip-compat.o`` where ``ipip.o``'s kfuncs are missing,
+and its packets must be what the real ipip module on the other node takes (wire interop, both
+ways). New namespaces then get no fallback ``tunl0`` from the module
+(``net.core.fb_tunnels_only_for_init_net=1``): the bpf node makes its veth placeholder
+``tunl0``, the kernel node creates an ipip ``tunl0``, as on a host where the module is not
+loaded until tortie asks for it.
+
 Output: progress on stderr, and one line ``TORTIE-VM-RESULT <json>`` on stdout. The script
 checks nothing itself (the test does), but exits non-zero if it could not run to the end.
 Hazard: Python runs 20-30x slower in the guest (TCG): keep the work here small.
@@ -210,6 +218,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger("tortie").addHandler(records)
     say(f"start: modes {modes}")
+    if "bpf" in modes:
+        Path("/proc/sys/net/core/fb_tunnels_only_for_init_net").write_text("1\n")
     for name in ("n1", "n2", "p1", "p2"):
         sh("ip", "netns", "add", name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
