@@ -36,7 +36,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from tortie.agent.state import ClusterState
-from tortie.bgp.peering import compute_speaker_config
+from tortie.bgp.peering import PeeringPlan, compute_speaker_config
 from tortie.bgp.types import (
     DEFAULT_HOLD_TIME,
     BGPError,
@@ -88,6 +88,11 @@ class BgpDriver:
         self.speaker: Speaker | None = None
         self.config: SpeakerConfig | None = None
         self.problem = ""
+        # The peering plan depends only on nodes, BGP configurations and peers: it is
+        # recomputed when one of them changed (every pass reaches sync, most for new blocks).
+        self._plan_key: tuple[object, ...] | None = None
+        self._plan: PeeringPlan | BGPError | None = None
+        self._plan_state: ClusterState | None = None
 
     def _on_event(self, event: SpeakerEvent) -> None:
         # Speaker thread: nudge the loop, nothing else.
@@ -95,16 +100,22 @@ class BgpDriver:
 
     def sync(self, state: ClusterState, announce: Iterable[IPv4Network]) -> list[str]:
         """Bring the speaker in line with the cluster; returns what changed."""
-        try:
-            plan = compute_speaker_config(
-                self.node_name,
-                state.nodes.values(),
-                state.bgp_configs.values(),
-                state.bgp_peers.values(),
-                hold_time=self.hold_time,
-            )
-        except BGPError as err:
-            self.problem = str(err)
+        key = (self.hold_time, *state.version_of("nodes", "bgp_configs", "bgp_peers"))
+        if key != self._plan_key or self._plan_state is not state or self._plan is None:
+            try:
+                self._plan = compute_speaker_config(
+                    self.node_name,
+                    state.nodes.values(),
+                    state.bgp_configs.values(),
+                    state.bgp_peers.values(),
+                    hold_time=self.hold_time,
+                )
+            except BGPError as err:
+                self._plan = err
+            self._plan_key, self._plan_state = key, state
+        plan = self._plan
+        if isinstance(plan, BGPError):
+            self.problem = str(plan)
             return []
         self.problem = ""
         changes: list[str] = []

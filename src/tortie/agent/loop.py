@@ -451,12 +451,19 @@ class NodeAgent:
             log.info("nftables: %s", "; ".join(changes))
 
     def _sync_workload_interfaces(self) -> None:
-        present = {link.name for link in self.netlink.list_links()}
+        """Configure each local workload's host interface once (the CNI side's wiring does it
+        at ADD; this is the backstop, e.g. for pods wired before an upgrade). Links are dumped
+        only while some wanted interface is not configured yet (a periodic resync forgets
+        them all), not on every pass: a dump costs a netlink round trip per pass and node."""
         wanted = {
             wep.spec.interface_name
             for wep in self.state.local_workloads()
             if wep.spec.interface_name
         }
+        self._configured_ifaces &= wanted
+        if wanted <= self._configured_ifaces:
+            return
+        present = {link.name for link in self.netlink.list_links()}
         for ifname in sorted((wanted & present) - self._configured_ifaces):
             try:
                 changes = configure_workload_interface(ifname)

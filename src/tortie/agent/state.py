@@ -11,6 +11,12 @@ Invariants:
   recorded in ``bad_keys`` with the reason; it never raises into the loop. A later valid value
   for the same key replaces it.
 - ``dirty`` is set by every change that can alter routes; the loop clears it after computing.
+  Changes to keys the view does not hold (IPAM handles, kinds it does not read) leave it as
+  it is: every address assignment rewrites a handle, and that alone must not cost each node a
+  reconcile pass.
+- ``versions[table]`` counts the changes to each table (``pools``, ``nodes``, ``workloads``,
+  ``bgp_configs``, ``bgp_peers``, ``ipam_configs``, ``affinities``, ``blocks``), so a consumer
+  can cache what it derives from some tables and recompute only when one of them moved.
 
 Hazards: blocks are rewritten on every address assignment, so block updates are the hottest
 event; decoding one is O(block size) and the loop coalesces bursts before recomputing.
@@ -45,6 +51,15 @@ _BY_KIND: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (IPPool, Node, WorkloadEndpoint, BGPConfiguration, BGPPeer, IPAMConfiguration)
 }
+# Resource kind -> the ClusterState attribute (and ``versions`` key) that holds it.
+_TABLES: dict[type[Resource], str] = {
+    IPPool: "pools",
+    Node: "nodes",
+    WorkloadEndpoint: "workloads",
+    BGPConfiguration: "bgp_configs",
+    BGPPeer: "bgp_peers",
+    IPAMConfiguration: "ipam_configs",
+}
 
 
 @dataclass
@@ -62,6 +77,15 @@ class ClusterState:
     in_sync: bool = False
     revision: int = 0
     dirty: bool = True
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def version_of(self, *tables: str) -> tuple[int, ...]:
+        """A cache key for what is derived from ``tables`` (see ``versions``)."""
+        return tuple(self.versions.get(t, 0) for t in tables)
+
+    def _touch(self, table: str) -> None:
+        self.versions[table] = self.versions.get(table, 0) + 1
+        self.dirty = True
 
     # -- folding events -------------------------------------------------------------------
     def apply(self, event: SyncEvent) -> None:
@@ -82,7 +106,7 @@ class ClusterState:
 
     def _update(self, key: str, value: str) -> None:
         try:
-            self._decode_into(key, value)
+            table = self._decode_into(key, value)
         except (TortieError, ValueError, KeyError, TypeError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             if self.bad_keys.get(key) != reason:
@@ -91,21 +115,27 @@ class ClusterState:
             self.bad_keys[key] = reason
             return
         self.bad_keys.pop(key, None)
-        self.dirty = True
+        if table is not None:
+            self._touch(table)
 
-    def _decode_into(self, key: str, value: str) -> None:
+    def _decode_into(self, key: str, value: str) -> str | None:
+        """Store the decoded value; returns the table it went into (None: not held)."""
         if key.startswith(RESOURCE_ROOT):
             rkey = parse_key(key)
             cls = _BY_KIND.get(rkey.kind)
             if cls is None:
-                return
+                return None
             res = cls.from_document(json.loads(value))
-            self._table_for(cls)[self._index(rkey.namespace, rkey.name)] = res
-        elif key.startswith(ipam_model.blocks_prefix()):
+            table = _TABLES[cls]
+            self._table(table)[self._index(rkey.namespace, rkey.name)] = res
+            return table
+        if key.startswith(ipam_model.blocks_prefix()):
             self.blocks[key] = ipam_model.AllocationBlock.from_json(value, key)
-        elif key.startswith(ipam_model.affinities_prefix()):
+            return "blocks"
+        if key.startswith(ipam_model.affinities_prefix()):
             self.affinities[key] = ipam_model.BlockAffinity.from_kv(key, value)
-        # Handles and anything else under IPAM_ROOT do not affect routes.
+            return "affinities"
+        return None  # handles and anything else under IPAM_ROOT do not affect routes
 
     def _delete(self, key: str) -> None:
         self.bad_keys.pop(key, None)
@@ -116,26 +146,22 @@ class ClusterState:
                 return
             cls = _BY_KIND.get(rkey.kind)
             if cls is not None:
-                self._table_for(cls).pop(self._index(rkey.namespace, rkey.name), None)
+                table = _TABLES[cls]
+                if self._table(table).pop(self._index(rkey.namespace, rkey.name), None) is not None:
+                    self._touch(table)
         elif key.startswith(IPAM_ROOT):
-            self.blocks.pop(key, None)
-            self.affinities.pop(key, None)
-        self.dirty = True
+            if self.blocks.pop(key, None) is not None:
+                self._touch("blocks")
+            if self.affinities.pop(key, None) is not None:
+                self._touch("affinities")
 
     @staticmethod
     def _index(namespace: str | None, name: str) -> str | tuple[str, str]:
         return (namespace, name) if namespace is not None else name
 
-    def _table_for(self, cls: type[Resource]) -> dict[object, Resource]:
-        tables: dict[type[Resource], object] = {
-            IPPool: self.pools,
-            Node: self.nodes,
-            WorkloadEndpoint: self.workloads,
-            BGPConfiguration: self.bgp_configs,
-            BGPPeer: self.bgp_peers,
-            IPAMConfiguration: self.ipam_configs,
-        }
-        return tables[cls]  # type: ignore[return-value]
+    def _table(self, name: str) -> dict[object, Resource]:
+        table: dict[object, Resource] = getattr(self, name)
+        return table
 
     # -- questions ------------------------------------------------------------------------
     def enabled_ipv4_pools(self) -> list[IPPool]:

@@ -13,6 +13,7 @@ from tortie.agent.bgp_driver import BgpDriver
 from tortie.agent.config import AgentConfig, NodeAddress
 from tortie.agent.loop import NodeAgent
 from tortie.bgp.types import LearnedRoute, PeerStatus, SpeakerConfig, SpeakerEvent
+from tortie.datastore.syncer import Update
 
 
 class FakeSpeaker:
@@ -190,3 +191,41 @@ def learned_event() -> SpeakerEvent:
     from tortie.bgp.types import RouteAdded
 
     return RouteAdded(learned(IPv4Network("10.244.1.0/26"), "192.168.49.3"))
+
+
+def test_peering_plan_is_recomputed_only_when_nodes_or_bgp_resources_change(
+    b: BgpHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tortie.agent import bgp_driver
+
+    calls: list[int] = []
+    real = bgp_driver.compute_speaker_config
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bgp_driver, "compute_speaker_config", counting)
+    b.set_mode("Always")
+    b.add_node("node2", "192.168.49.3/24")
+    b.sync()
+    assert len(calls) == 1
+    # New blocks (the common event) reach sync on every pass, but not the peering.
+    for k in range(3):
+        cidr = f"10.244.{10 + k}.0/26"
+        b.ipam.assign(node="node1", handle=f"x.{k}", ip=cidr.replace(".0/26", ".1"))
+        for kv in b.store.list("/tortie/ipam/").items:
+            b.agent.on_sync_event(Update(kv.key, kv.value, kv.mod_revision))
+        b.agent.run_once()
+    assert len(calls) == 1
+    assert b.speaker.announced() >= {IPv4Network(f"10.244.{10 + k}.0/26") for k in range(3)}
+    # A new node changes the peers: recomputed once, and the speaker follows.
+    b.add_node("node3", "192.168.49.4/24")
+    kv = next(kv for kv in b.store.list("/tortie/").items if kv.key.endswith("/node3"))
+    b.agent.on_sync_event(Update(kv.key, kv.value, kv.mod_revision))
+    b.agent.run_once()
+    assert len(calls) == 2
+    assert sorted(str(p.address) for p in b.speaker.config.peers) == [
+        "192.168.49.3",
+        "192.168.49.4",
+    ]

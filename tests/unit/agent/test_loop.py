@@ -13,6 +13,7 @@ from tortie.agent.loop import NodeAgent
 from tortie.agent.registration import register_node
 from tortie.dataplane.fake_netlink import FakeNetlink
 from tortie.dataplane.ipip import TunnelAddr
+from tortie.dataplane.netlink import Link
 from tortie.dataplane.routes import KernelRoute
 from tortie.dataplane.vxlan import RemoteVTEP
 from tortie.datastore.memory import MemoryDatastore
@@ -404,3 +405,49 @@ spec: {node: node1, pod: pod1, endpoint: eth0, interfaceName: cali1234567890a,
     assert fw.workloads == {("cali1234567890a", "10.244.3.7")}
     assert fw.resyncs == 1
     assert "tortie_nft_spoofed_total 2" in h.agent.board.metrics_text()
+
+
+def test_links_are_dumped_only_while_a_workload_interface_waits(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tortie.agent import loop
+
+    configured: list[str] = []
+    monkeypatch.setattr(
+        loop, "configure_workload_interface", lambda name: configured.append(name) or []
+    )
+    dumps: list[int] = []
+    real_list_links = h.kernel.list_links
+
+    def counting_list_links() -> list[Link]:
+        dumps.append(1)
+        return real_list_links()
+
+    monkeypatch.setattr(h.kernel, "list_links", counting_list_links)
+    h.set_mode("Always")
+    wep_doc = """
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node1-k8s-pod1-eth0, namespace: default}
+spec: {node: node1, pod: pod1, endpoint: eth0, interfaceName: cali1234567890a,
+       ipNetworks: [10.244.3.7/32], orchestrator: k8s}
+"""
+    h.res.apply(load_documents(wep_doc, "wep.yaml"))
+    h.sync()  # the interface is not there yet: dumped, nothing configured
+    assert configured == [] and dumps
+    h.kernel.add_link("cali1234567890a")
+    h.agent.state.dirty = True
+    h.agent.run_once()
+    assert configured == ["cali1234567890a"]
+    h.agent.state.dirty = True
+    h.agent.run_once()  # the route table re-reads links once after an interface update
+    # Configured: further passes (new blocks elsewhere, say) do not dump the links.
+    dumps.clear()
+    for _ in range(3):
+        h.agent.state.dirty = True
+        h.agent.run_once()
+    assert dumps == []
+    # A periodic resync forgets what was configured, so it is checked (and dumped) again.
+    h.now += h.cfg.resync_interval * 1.2
+    h.agent.run_once()
+    assert dumps and configured == ["cali1234567890a"] * 2
