@@ -129,6 +129,18 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
                 node.netlink.close()
 
 
+def another_backend(node: Node, *objects: Path) -> BpfIPIP:
+    """A second BpfIPIP for node 1 (an upgraded or restarted agent's), trying ``objects``."""
+    return BpfIPIP(
+        node.netlink,
+        node_ip=IPv4Address(NODE_IP[1]),
+        uplink="eth0",
+        pin_dir=node.pin_dir,
+        netns=node.ns,
+        bpf_objects=objects,
+    )
+
+
 def wait_for(predicate: object, timeout: float = 2.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -273,14 +285,7 @@ def test_tunnel_address_change_and_upgrade_keep_traffic(cluster: Cluster) -> Non
     # and the filters are swapped; old pins go.
     newer = cluster.lab.tmp / "ipip-newer.o"
     newer.write_bytes(cluster.obj.read_bytes() + b"\0")  # same code, different hash
-    upgraded = BpfIPIP(
-        n1.netlink,
-        node_ip=IPv4Address(NODE_IP[1]),
-        uplink="eth0",
-        pin_dir=n1.pin_dir,
-        netns=n1.ns,
-        bpf_object=newer,
-    )
+    upgraded = another_backend(n1, newer)
     changes = upgraded.ensure_device(MTU, "10.65.1.3")
     assert any(c.startswith("loaded ") for c in changes)
     assert "copied 1 allowlist entries" in " ".join(changes)
@@ -334,14 +339,7 @@ def test_an_object_the_kernel_refuses_falls_back_to_the_next(
     other = tmp_path / "ipip-next.o"
     other.write_bytes(cluster.obj.read_bytes() + b"\0\0")  # same code, a new version
     nodes = {IPv4Address(NODE_IP[2])}
-    fallback = BpfIPIP(
-        n1.netlink,
-        node_ip=IPv4Address(NODE_IP[1]),
-        uplink="eth0",
-        pin_dir=n1.pin_dir,
-        netns=n1.ns,
-        bpf_objects=[refused, other],
-    )
+    fallback = another_backend(n1, refused, other)
     fallback.set_known_nodes(nodes)
     changes = fallback.ensure_device(MTU, "10.65.1.3")
     assert any(c.startswith(f"loaded {other.name} into") for c in changes), changes

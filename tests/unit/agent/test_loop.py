@@ -132,6 +132,14 @@ metadata: {name: pool}
 spec: {cidr: 10.244.0.0/16, ipipMode: %s, natOutgoing: true}
 """
 
+WEP_DOC = """
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node1-k8s-pod1-eth0, namespace: default}
+spec: {node: node1, pod: pod1, endpoint: eth0, interfaceName: cali1234567890a,
+       ipNetworks: [10.244.3.7/32], orchestrator: k8s}
+"""
+
 VXLAN_POOL = """
 apiVersion: projectcalico.org/v3
 kind: IPPool
@@ -290,14 +298,7 @@ def test_foreign_routes_untouched_and_stale_owned_removed(h: Harness) -> None:
 def test_borrowed_and_workload_routes(h: Harness) -> None:
     h.set_mode("Always")
     h.add_node("node2", "192.168.49.3/24")
-    wep_doc = """
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata: {name: node1-k8s-pod1-eth0, namespace: default}
-spec: {node: node1, pod: pod1, endpoint: eth0, interfaceName: cali1234567890a,
-       ipNetworks: [10.244.3.7/32], orchestrator: k8s}
-"""
-    h.res.apply(load_documents(wep_doc, "wep.yaml"))
+    h.res.apply(load_documents(WEP_DOC, "wep.yaml"))
     h.kernel.add_link("cali1234567890a")
     # node2 borrows an address from a block affine to node1.
     h.ipam.assign(node="node1", handle="x.a")
@@ -390,13 +391,7 @@ def test_vxlan_mode_publishes_vtep_and_routes_via_remote_vteps(h: Harness, tmp_p
 def test_firewall_sets_follow_the_cluster(h: Harness) -> None:
     h.set_mode("Always")
     h.add_node("node2", "192.168.49.3/24")
-    wep = """
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata: {name: node1-k8s-pod1-eth0, namespace: default}
-spec: {node: node1, pod: pod1, endpoint: eth0, interfaceName: cali1234567890a,
-       ipNetworks: [10.244.3.7/32], orchestrator: k8s}
-"""
+    wep = WEP_DOC
     h.res.apply(load_documents(wep, "wep.yaml"))
     h.sync()
     fw = h.firewall
@@ -425,14 +420,7 @@ def test_links_are_dumped_only_while_a_workload_interface_waits(
 
     monkeypatch.setattr(h.kernel, "list_links", counting_list_links)
     h.set_mode("Always")
-    wep_doc = """
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata: {name: node1-k8s-pod1-eth0, namespace: default}
-spec: {node: node1, pod: pod1, endpoint: eth0, interfaceName: cali1234567890a,
-       ipNetworks: [10.244.3.7/32], orchestrator: k8s}
-"""
-    h.res.apply(load_documents(wep_doc, "wep.yaml"))
+    h.res.apply(load_documents(WEP_DOC, "wep.yaml"))
     h.sync()  # the interface is not there yet: dumped, nothing configured
     assert configured == [] and dumps
     h.kernel.add_link("cali1234567890a")
