@@ -152,6 +152,7 @@ class BpfIPIP:
         self.peer = peer or device + PEER_SUFFIX
         self.bpftool = bpftool
         self._known: frozenset[IPv4Address] | None = None
+        self._digests: dict[Path, tuple[tuple[int, int, int], str]] = {}
         self._pins: Pins | None = None
 
     # -- the placeholder device -------------------------------------------------------------
@@ -202,12 +203,22 @@ class BpfIPIP:
 
     # -- programs and maps ------------------------------------------------------------------
 
+    def _digest(self, obj: Path) -> str:
+        """The object's content hash, re-read only when the file changed (every pass asks)."""
+        st = obj.stat()
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._digests.get(obj)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, hashlib.sha256(obj.read_bytes()).hexdigest()[:16])
+            self._digests[obj] = cached
+        return cached[1]
+
     def _candidates(self) -> list[tuple[Path, Pins]]:
         """The objects that exist, in preference order, each with where it would be pinned."""
         found = []
         for obj in self.bpf_objects:
             try:
-                digest = hashlib.sha256(obj.read_bytes()).hexdigest()[:16]
+                digest = self._digest(obj)
             except FileNotFoundError:
                 continue
             found.append((obj, Pins(self.pin_dir / f"ipip-{digest}")))
@@ -215,20 +226,21 @@ class BpfIPIP:
             raise IPIPError(f"BPF object {self.bpf_objects[0]} missing: run `make -C bpf`")
         return found
 
+    @staticmethod
+    def _loaded(candidates: list[tuple[Path, Pins]]) -> Pins | None:
+        return next((pins for _, pins in candidates if pins.complete()), None)
+
     def _current_pins(self) -> Pins:
         """The loaded version's pins (the first candidate's if none is loaded)."""
         candidates = self._candidates()
-        for _, pins in candidates:
-            if pins.complete():
-                return pins
-        return candidates[0][1]
+        return self._loaded(candidates) or candidates[0][1]
 
     def _ensure_loaded(self) -> tuple[Pins, list[str]]:
         bpffs.ensure_bpffs(self.pin_dir)
         candidates = self._candidates()
-        for _, pins in candidates:
-            if pins.complete():
-                return pins, []
+        loaded = self._loaded(candidates)
+        if loaded is not None:
+            return loaded, []
         if shutil.which(self.bpftool) is None:
             raise IPIPError(f"{self.bpftool} not found (Debian package bpftool)")
         refused: list[str] = []
