@@ -10,6 +10,8 @@ it over the host's files, read-only; see docs/vm-tests.md.
   failure under ``TORTIE_REQUIRE_ALL=1``, so CI cannot pass without running the tier.
 - ``run_vm`` (session): ``run_vm(cmd, timeout) -> RunResult`` (exit_code, output, console,
   seconds) in a fresh guest; each call boots one guest and stops exactly the processes it started.
+- ``vm_guest_backports`` / ``run_vm_backports``: the same with the release's backports kernel
+  (6.12 on Debian 12), new enough for ``bpf/build/ipip.o``'s kfuncs, which 6.1 lacks.
 
 Hazard: guests run under TCG (software emulation; ``/dev/kvm`` here is KVM-PVM, which hangs
 stock kernels): a boot takes ~5-10 s and Python runs 20-30x slower inside, more when the host
@@ -33,17 +35,35 @@ import vmguest  # noqa: E402  (lives in scripts/vm, tortie-independent)
 RunVM = Callable[..., vmguest.RunResult]
 
 
+def _build(source: str) -> vmguest.Guest:
+    try:
+        return vmguest.build_guest(source=source)
+    except vmguest.VMUnavailableError as exc:
+        pytest.skip(f"the vm tier cannot run here ({source} kernel): {exc} (see docs/vm-tests.md)")
+
+
+def _runner(guest: vmguest.Guest) -> RunVM:
+    def run(cmd: str | list[str], timeout: float = 240.0, **kwargs: Any) -> vmguest.RunResult:
+        return vmguest.run_guest(cmd, timeout, guest=guest, cwd=str(REPO), **kwargs)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def vm_guest() -> vmguest.Guest:
-    try:
-        return vmguest.build_guest()
-    except vmguest.VMUnavailableError as exc:
-        pytest.skip(f"the vm tier cannot run here: {exc} (see docs/vm-tests.md)")
+    return _build("stable")
 
 
 @pytest.fixture(scope="session")
 def run_vm(vm_guest: vmguest.Guest) -> RunVM:
-    def run(cmd: str | list[str], timeout: float = 240.0, **kwargs: Any) -> vmguest.RunResult:
-        return vmguest.run_guest(cmd, timeout, guest=vm_guest, cwd=str(REPO), **kwargs)
+    return _runner(vm_guest)
 
-    return run
+
+@pytest.fixture(scope="session")
+def vm_guest_backports() -> vmguest.Guest:
+    return _build("backports")
+
+
+@pytest.fixture(scope="session")
+def run_vm_backports(vm_guest_backports: vmguest.Guest) -> RunVM:
+    return _runner(vm_guest_backports)
