@@ -489,6 +489,55 @@ def render_scale(sc: dict[str, Any]) -> str:
 
 
 # -- the whole report -----------------------------------------------------------------------------
+def _count(s: dict[str, float] | None, scale: float = 1e6, digits: int = 3) -> str:
+    if not s:
+        return "n/a"
+    med, low, high = (f"{s[k] / scale:.{digits}f}" for k in ("median", "min", "max"))
+    return f"{med} ({low}-{high})"
+
+
+def _ratio(s: dict[str, float] | None) -> str:
+    return "n/a" if not s else _count(s, 1.0, 3)
+
+
+def render_ipip_cost(ic: dict[str, Any]) -> str:
+    """The instruction-count comparison of IPIP implementations (bench/ipip_cost.py)."""
+    if ic.get("failed"):
+        return f"Not measured: {ic['failed']}"
+    rows = [
+        "| path | instructions per byte | vs ideal | copy iterations per byte | "
+        "all, vs ideal | TCG Mbit/s (not a figure) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ic["rows"]:
+        ideal = row["path"] == "ideal"
+        rows.append(
+            f"| {row['label']} | {_count(row['insn_per_mb'])} | "
+            f"{'n/a' if ideal else _ratio(row['insn_ratio'])} | {_count(row['copy_per_mb'])} | "
+            f"{'n/a' if ideal else _ratio(row['all_ratio'])} | "
+            f"{_count(row['mbit_s'], 1.0, 0)} |"
+        )
+    return "\n".join(
+        [
+            f"Command: `{ic['command']}` ({ic['rounds']} rounds, {ic['bytes'] / 1e6:.0f} MB per "
+            f"transfer, paths rotated each round; guest kernel {ic['kernel']} under TCG, 1 vCPU; "
+            f"took {ic['seconds']:.0f} s).",
+            "",
+            "Instructions the guest executed per byte moved pod to pod, counted by a TCG plugin "
+            "between markers around each transfer: independent of the host's load. "
+            "*Copy iterations* are the iterations of rep-prefixed string instructions, which TCG "
+            "runs a byte at a time (mostly `rep movsb`: the kernel's copies to and from user "
+            "memory), counted apart because a real CPU moves 16-64 "
+            "bytes per cycle there; *instructions* are everything else (stack, netfilter, "
+            "encapsulation, tc programs). Ratios: to the ideal path in the same round, median "
+            "(min-max) over rounds. Neither count is cycles: they compare implementations on "
+            "one kernel, they do not predict throughput.",
+            "",
+            *rows,
+        ]
+    )
+
+
 def render_machine(m: dict[str, Any]) -> str:
     load = m.get("load_before"), m.get("load_after")
     return (
@@ -530,6 +579,13 @@ def render(results: dict[str, Any]) -> str:
         lines += ["## Control plane", "", render_control(results["control"]), ""]
     if results.get("scale"):
         lines += ["## Scale on paper", "", render_scale(results["scale"]), ""]
+    if results.get("ipip_cost"):
+        lines += [
+            "## IPIP implementations compared, in instructions (qemu guest)",
+            "",
+            render_ipip_cost(results["ipip_cost"]),
+            "",
+        ]
     problems = results.get("problems", [])
     if problems:
         lines += ["## Problems in this run", ""] + [f"- {p}" for p in problems] + [""]

@@ -12,13 +12,16 @@ Parts, in this order (``--only`` picks some):
    run ``--ipam-repeats`` times for a spread), ``bench/routes.py`` (1k/10k routes, no-op
    resync), ``bench/bgp.py --json`` (convergence at 10 and 20 nodes).
 3. ``scale``: ``bench/scale.py`` in process: routes and sessions per node up to 5,000 nodes.
+4. ``ipip-cost``: ``bench/ipip_cost.py`` in process: instructions per byte of the ipip module
+   against tortie's tc-BPF IPIP and the native path, counted in a qemu guest (6.12 kernel).
 
 Output: ``results.md`` and ``results.png`` in ``--out`` (default: ``bench/`` for the full
 suite; a new temporary directory for ``--smoke``, so a smoke run never overwrites the
 figures). ``--json FILE`` also keeps the raw result; ``--from-json FILE`` only re-renders.
 
 Exit status: 1 if something is broken (a lab, a bench process, a measurement, a parse, the
-scale formula disagreeing with the simulation), 0 otherwise, whether or not targets are met.
+scale formula disagreeing with the simulation, the guest of ``ipip-cost``), 0 otherwise,
+whether or not targets are met.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import report  # noqa: E402
 
-PARTS = ("dataplane", "control", "scale")
+PARTS = ("dataplane", "control", "scale", "ipip-cost")
 Log = Callable[[str], None]
 
 
@@ -54,6 +57,12 @@ def dataplane_argv(smoke: bool) -> list[str]:
     if smoke:
         return ["--rounds", "1", "--seconds", "1", "--round-trips", "200"]
     return ["--rounds", "9", "--seconds", "2", "--round-trips", "1000"]
+
+
+def ipip_cost_argv(smoke: bool) -> list[str]:
+    if smoke:
+        return ["--rounds", "1", "--bytes", "20000000"]
+    return ["--rounds", "5", "--bytes", "100000000"]
 
 
 def scale_argv(smoke: bool) -> list[str]:
@@ -366,6 +375,9 @@ def problems_of(results: dict[str, Any]) -> list[str]:
             for s in sc.get("scenarios", [])
             if s.get("formula_agrees") is False
         ]
+    ic = results.get("ipip_cost")
+    if ic is not None and ic.get("failed"):
+        out.append(f"ipip-cost: {ic['failed']}")
     return out
 
 
@@ -401,6 +413,16 @@ def run_suite(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
         except Exception as exc:  # the model is code under test: report, don't crash
             results["scale"] = {"failed": f"{type(exc).__name__}: {exc}"}
             log(f"scale FAILED: {exc}")
+    if "ipip-cost" in args.only:
+        import ipip_cost
+
+        try:
+            results["ipip_cost"] = ipip_cost.run(
+                ipip_cost.parse_args(ipip_cost_argv(args.smoke)), log
+            )
+        except ipip_cost.CostBenchError as exc:
+            results["ipip_cost"] = {"failed": str(exc)}
+            log(f"ipip-cost FAILED: {exc}")
     results["machine"]["load_after"] = [
         float(x) for x in Path("/proc/loadavg").read_text().split()[:3]
     ]

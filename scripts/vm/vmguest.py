@@ -546,6 +546,7 @@ class RunResult:
     output: str  # the command's stdout and stderr, interleaved
     console: str  # the guest kernel's console (boot messages)
     seconds: float
+    qemu_log: str = ""  # qemu's own stdout and stderr (e.g. a TCG plugin's output)
 
 
 def _die_with_parent(argv: list[str]) -> list[str]:
@@ -596,6 +597,7 @@ def run_guest(
     smp: int = 1,
     memory_mb: int = GUEST_MEMORY_MB,
     kernel_args: str = "quiet loglevel=4",
+    qemu_args: Sequence[str] = (),
 ) -> RunResult:
     """Boot a guest, run ``cmd`` (a shell string, or argv) in it as root, return its result.
 
@@ -603,8 +605,10 @@ def run_guest(
     empty), runs with ``/bin/sh`` in ``cwd`` with ``env`` added, and has ``timeout`` seconds
     including the boot; past that the guest is killed and VMError raised. ``kernel_args``:
     extra kernel command line (e.g. ``loglevel=7`` to see the boot in
-    :attr:`RunResult.console`). ``smp`` is 1: with 2 vCPUs (multi-threaded TCG) on this loaded
-    2-core host the tortie scenario took longer (37-52 s against 20-36 s, measured).
+    :attr:`RunResult.console`). ``qemu_args``: appended to qemu's command line (e.g.
+    ``-plugin x.so -d plugin``: what qemu writes is :attr:`RunResult.qemu_log`). ``smp`` is
+    1: with 2 vCPUs (multi-threaded TCG) on this loaded 2-core host the tortie scenario took
+    longer (37-52 s against 20-36 s, measured).
     """
     guest = guest or build_guest()
     virtiofsd = find_virtiofsd()
@@ -669,6 +673,7 @@ def run_guest(
             f"file:{console_path}",
             "-serial",
             f"file:{out_path}",
+            *qemu_args,
         ]
         with open(run_dir / "qemu.log", "wb") as qemu_log:
             qemu = subprocess.Popen(
@@ -699,6 +704,7 @@ def run_guest(
             output=output[: match.start()],
             console=console,
             seconds=time.monotonic() - start,
+            qemu_log=(run_dir / "qemu.log").read_text(errors="replace"),
         )
     finally:
         _stop(qemu)

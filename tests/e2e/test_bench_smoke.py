@@ -41,7 +41,13 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         f"bench smoke failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     )
     md = (out / "results.md").read_text()
-    for heading in ("## Headline", "## Dataplane", "## Control plane", "## Scale on paper"):
+    for heading in (
+        "## Headline",
+        "## Dataplane",
+        "## Control plane",
+        "## Scale on paper",
+        "## IPIP implementations compared",
+    ):
         assert heading in md
     for figure in (
         "BGP mode (native)",
@@ -53,6 +59,8 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         "### Route programming",
         "### BGP convergence",
         "**Memory and idle CPU per node**",
+        "IPIP, ipip module (Calico's; tortie's kernel backend)",
+        "IPIP, tortie tc-BPF (ipip.o)",
     ):
         assert figure in md, figure
     assert "## Problems in this run" not in md
@@ -63,3 +71,8 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     for path, tests in raw["dataplane"]["samples"].items():
         for test, runs in tests.items():
             assert runs and None not in runs, (path, test)
+    # The guest's four paths were each counted, and the bpf pair loaded the kfunc build.
+    cost = raw["ipip_cost"]
+    assert [r["path"] for r in cost["rows"]] == ["ideal", "kernel", "bpf", "bpf-compat"]
+    assert all(r["insn_per_mb"]["median"] > 0 for r in cost["rows"])
+    assert any(c.startswith("loaded ipip.o into") for c in cost["backends"]["bpf"])
