@@ -31,7 +31,7 @@ demo: deps
 bench: deps
 	$(PY) bench/run.py
 
-# One short run of each benchmark (~80 s), into a temp dir; the e2e tier runs it too.
+# One short run of each benchmark (~2.5 min), into a temp dir; the e2e tier runs it too.
 bench-smoke: deps
 	$(PY) bench/run.py --smoke
 

@@ -137,8 +137,10 @@ def _spread(values: Sequence[float]) -> dict[str, float] | None:
 
 
 def summarize(counted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per path: the spread of each count, and of its per-round ratio to ``ideal``."""
+    """Per path: the spread of each count, and of its per-round ratios to ``ideal`` (and to
+    ``kernel``, the ipip module, for the tc-BPF paths)."""
     ideal = {r["round"]: r for r in counted if r["path"] == "ideal"}
+    module = {r["round"]: r for r in counted if r["path"] == "kernel"}
     rows = []
     for path in [p for p in PATHS if any(r["path"] == p for r in counted)]:
         mine = [r for r in counted if r["path"] == path]
@@ -151,6 +153,13 @@ def summarize(counted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "copy_per_mb": _spread([r["copy_per_mb"] for r in mine]),
                 "mbit_s": _spread([r["mbit_s"] for r in mine if r["mbit_s"]]),
                 "insn_ratio": _spread([r["insn_per_mb"] / i["insn_per_mb"] for r, i in paired]),
+                "module_ratio": _spread(
+                    [
+                        r["insn_per_mb"] / module[r["round"]]["insn_per_mb"]
+                        for r in mine
+                        if path.startswith("bpf") and r["round"] in module
+                    ]
+                ),
                 "all_ratio": _spread(
                     [
                         (r["insn_per_mb"] + r["copy_per_mb"])

@@ -505,15 +505,17 @@ def render_ipip_cost(ic: dict[str, Any]) -> str:
     if ic.get("failed"):
         return f"Not measured: {ic['failed']}"
     rows = [
-        "| path | instructions per byte | vs ideal | copy iterations per byte | "
+        "| path | instructions per byte | vs ideal | vs ipip module | copy iterations per byte | "
         "all, vs ideal | TCG Mbit/s (not a figure) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in ic["rows"]:
         ideal = row["path"] == "ideal"
         rows.append(
             f"| {row['label']} | {_count(row['insn_per_mb'])} | "
-            f"{'n/a' if ideal else _ratio(row['insn_ratio'])} | {_count(row['copy_per_mb'])} | "
+            f"{'n/a' if ideal else _ratio(row['insn_ratio'])} | "
+            f"{_ratio(row.get('module_ratio')) if row.get('module_ratio') else 'n/a'} | "
+            f"{_count(row['copy_per_mb'])} | "
             f"{'n/a' if ideal else _ratio(row['all_ratio'])} | "
             f"{_count(row['mbit_s'], 1.0, 0)} |"
         )

@@ -56,6 +56,18 @@ def test_ratios_pair_each_path_with_ideal_of_the_same_round() -> None:
     assert rows["kernel"]["all_ratio"]["min"] == pytest.approx(1.25)
     assert rows["kernel"]["all_ratio"]["max"] == pytest.approx(4 / 3)
     assert rows["kernel"]["mbit_s"] is None
+    assert rows["kernel"]["module_ratio"] is None  # only the tc-BPF paths are put against it
+
+
+def test_tc_bpf_paths_are_also_put_against_the_ipip_module_of_the_same_round() -> None:
+    counted = [
+        {"path": p, "round": r, "insn_per_mb": cost * (r + 1), "copy_per_mb": 0.0, "mbit_s": 1.0}
+        for r in (0, 1)
+        for p, cost in (("ideal", 1.0), ("kernel", 1.25), ("bpf", 1.125), ("bpf-compat", 1.25))
+    ]
+    rows = {r["path"]: r for r in ipip_cost.summarize(counted)}
+    assert rows["bpf"]["module_ratio"] == {"median": 0.9, "min": 0.9, "max": 0.9, "n": 2}
+    assert rows["bpf-compat"]["module_ratio"]["median"] == 1.0
 
 
 def test_render_shows_every_path_and_says_what_the_counts_are_not() -> None:
@@ -81,7 +93,7 @@ def test_render_shows_every_path_and_says_what_the_counts_are_not() -> None:
         }
     )
     assert "| ideal pod path (hand-wired, native) | 0.600 (0.600-0.600) | n/a |" in text
-    assert "| 0.750 (0.750-0.750) | 1.250 (1.250-1.250) | 3.000 (3.000-3.000) |" in text
+    assert "| 0.750 (0.750-0.750) | 1.250 (1.250-1.250) | n/a | 3.000 (3.000-3.000) |" in text
     assert "do not predict throughput" in text
     assert report.render_ipip_cost({"failed": "no guest"}) == "Not measured: no guest"
 
