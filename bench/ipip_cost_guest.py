@@ -25,12 +25,16 @@ only the host sees. Two markers back to back come first (run here through ctypes
 can check the plugin is there and see what a marker pair itself costs.
 
 Output: one line ``TORTIE-COST-RESULT <json>`` on stdout: the measurements in marker order.
+With a fifth argument ``profile``, also ``TORTIE-KALLSYMS <base64 of gzip>``: this boot's
+text symbols, for ``bench/ipip_profile.py``.
 Hazard: Python runs 20-30x slower here (TCG); setup takes most of the guest's time.
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import gzip
 import json
 import mmap
 import subprocess
@@ -196,6 +200,16 @@ def main() -> int:
             result = transfer(pairs[path]["prefix"], nbytes, xfer)
             runs.append({"path": path, "round": r, **result})
             say(f"round {r} {path}: {result}")
+    if len(sys.argv) > 5 and sys.argv[5] == "profile":
+        # This boot's text symbols (kernel, modules, BPF programs), for bench/ipip_profile.py:
+        # Debian's System.map is a stub, and KASLR moves everything per boot. ~1 MB this way.
+        text = [
+            line
+            for line in Path("/proc/kallsyms").read_text().splitlines()
+            if line[17:18] in ("t", "T", "w", "W")
+        ]
+        packed = base64.b64encode(gzip.compress("\n".join(text).encode(), 9)).decode()
+        print("TORTIE-KALLSYMS " + packed, flush=True)
     report = {
         "uname": sh("uname", "-r").strip(),
         "nbytes": nbytes,

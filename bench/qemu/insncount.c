@@ -15,6 +15,12 @@
  * so a copy of N bytes would count as ~N instructions. Blocks that start with a rep string
  * instruction are therefore counted apart (rep_iterations), and `insns` holds everything else.
  *
+ * Profile (plugin argument profile=on): every translated block also gets a counter of its
+ * own, and at each marker the plugin writes "TORTIE-TB <vaddr> <insns>" for every block that
+ * ran since the previous marker, then "TORTIE-TB-END": bench/ipip_profile.py maps the
+ * addresses to kernel symbols. Blocks are never freed (a retranslated block gets a second
+ * counter; the host sums by address).
+ *
  * Hazards: the API is declared here, not taken from qemu-plugin.h (Debian ships no plugin
  * headers); the declarations are those of QEMU_PLUGIN_VERSION 1 (QEMU 4.2-8.x). One vCPU:
  * the counters are plain globals bumped by inline TCG ops, exact only with -smp 1.
@@ -23,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef uint64_t qemu_plugin_id_t;
 struct qemu_plugin_tb;
@@ -44,6 +52,7 @@ void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
                                             qemu_plugin_vcpu_udata_cb_t cb,
                                             enum qemu_plugin_cb_flags flags, void *userdata);
 void qemu_plugin_outs(const char *string);
+uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
 
 __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
@@ -51,6 +60,57 @@ static uint64_t insns;
 static uint64_t rep_iterations;
 
 static const uint8_t MARKER[] = {0x48, 0x87, 0xc9};
+
+struct block {
+    uint64_t vaddr;
+    uint64_t insns; /* bumped by an inline op: the struct never moves */
+    uint64_t reported;
+};
+static bool profile;
+static struct block **blocks;
+static size_t n_blocks, cap_blocks;
+
+static struct block *new_block(uint64_t vaddr)
+{
+    if (n_blocks == cap_blocks) {
+        cap_blocks = cap_blocks ? 2 * cap_blocks : 65536;
+        blocks = realloc(blocks, cap_blocks * sizeof(*blocks));
+        if (blocks == NULL) {
+            abort();
+        }
+    }
+    struct block *b = calloc(1, sizeof(*b));
+    if (b == NULL) {
+        abort();
+    }
+    b->vaddr = vaddr;
+    blocks[n_blocks++] = b;
+    return b;
+}
+
+static void report_blocks(void)
+{
+    static char chunk[1 << 16];
+    size_t used = 0;
+    for (size_t i = 0; i < n_blocks; i++) {
+        struct block *b = blocks[i];
+        if (b->insns == b->reported) {
+            continue;
+        }
+        used += (size_t)snprintf(chunk + used, sizeof(chunk) - used, "TORTIE-TB %llx %llu\n",
+                                 (unsigned long long)b->vaddr,
+                                 (unsigned long long)(b->insns - b->reported));
+        b->reported = b->insns;
+        if (used > sizeof(chunk) - 64) {
+            qemu_plugin_outs(chunk);
+            used = 0;
+        }
+    }
+    if (used) {
+        qemu_plugin_outs(chunk);
+    }
+    qemu_plugin_outs("TORTIE-TB-END\n");
+}
 
 static bool is_marker(const struct qemu_plugin_insn *insn)
 {
@@ -89,6 +149,9 @@ static void on_marker(unsigned int vcpu_index, void *userdata)
     snprintf(line, sizeof(line), "TORTIE-INSN %llu %llu\n", (unsigned long long)insns,
              (unsigned long long)rep_iterations);
     qemu_plugin_outs(line);
+    if (profile) {
+        report_blocks();
+    }
 }
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -108,6 +171,15 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     } else {
         qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insns, n);
     }
+    if (profile) {
+        /* Rep-string blocks' first instruction is left out here too: see the header. */
+        uint64_t counted = is_rep_string(qemu_plugin_tb_get_insn(tb, 0)) ? n - 1 : n;
+        if (counted) {
+            struct block *b = new_block(qemu_plugin_tb_vaddr(tb));
+            qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->insns,
+                                                     counted);
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         if (is_marker(insn)) {
@@ -121,8 +193,11 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
                                                                char **argv)
 {
     (void)info;
-    (void)argc;
-    (void)argv;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "profile=on") == 0) {
+            profile = true;
+        }
+    }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
     return 0;
 }

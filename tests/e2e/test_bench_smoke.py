@@ -75,4 +75,10 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     cost = raw["ipip_cost"]
     assert [r["path"] for r in cost["rows"]] == ["ideal", "kernel", "bpf", "bpf-compat"]
     assert all(r["insn_per_mb"]["median"] > 0 for r in cost["rows"])
+    # Every path copies the same bytes to and from user memory: its rep-string iterations per
+    # byte must agree (a plugin that counted wrongly, or a transfer that moved other bytes,
+    # would not), at about 3 per byte (measured 3.00-3.06).
+    copies = [r["copy_per_mb"]["median"] / 1e6 for r in cost["rows"]]
+    assert all(2.5 < c < 3.5 for c in copies), copies
+    assert max(copies) / min(copies) < 1.05, copies
     assert any(c.startswith("loaded ipip.o into") for c in cost["backends"]["bpf"])
