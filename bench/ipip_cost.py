@@ -152,6 +152,9 @@ def summarize(counted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "insn_per_mb": _spread([r["insn_per_mb"] for r in mine]),
                 "copy_per_mb": _spread([r["copy_per_mb"] for r in mine]),
                 "mbit_s": _spread([r["mbit_s"] for r in mine if r["mbit_s"]]),
+                "skb_bytes": _spread(
+                    [r["bytes"] / r["uplink_packets"] for r in mine if r.get("uplink_packets")]
+                ),
                 "insn_ratio": _spread([r["insn_per_mb"] / i["insn_per_mb"] for r, i in paired]),
                 "module_ratio": _spread(
                     [

@@ -1,6 +1,6 @@
 """Where IPIP's instructions go, by kernel function: a deterministic profile in the qemu guest.
 
-Usage (root):  .venv/bin/python bench/ipip_profile.py [--bytes 50000000] [--top 30]
+Usage (root):  .venv/bin/python bench/ipip_profile.py [--bytes 50000000] [--rounds 3] [--top 30]
                    [--paths ideal,kernel,bpf] [--json FILE]
 
 Problem: ``bench/ipip_cost.py`` says how many instructions per byte each IPIP implementation
@@ -8,8 +8,9 @@ executes, not where. ``perf`` on the host attributes time, but the host's speed 
 between runs, so differences of a few per cent drown. Here the same guest transfers run with
 the ``insncount`` plugin's profile on: every translated block has its own counter, dumped at
 each marker; the blocks' addresses are mapped to symbols by the guest's ``/proc/kallsyms`` of
-the same boot (kernel, modules and BPF programs). One transfer per path (the counts repeat
-within a few per cent, see ipip_cost.py).
+the same boot (kernel, modules and BPF programs). ``--rounds`` transfers per path, and per
+symbol the median over them: work that is not the transfer's (timer ticks, kworkers) lands in
+some windows and moves a single transfer's total by up to 20 %.
 
 Output: per symbol, instructions per byte moved (x1000, i.e. per KB) for each path, sorted by
 how much more the IPIP paths spend there than the native path; rep-string iterations are not
@@ -24,6 +25,7 @@ import bisect
 import gzip
 import json
 import re
+import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     command = [
         str(ipip_cost.REPO / ".venv" / "bin" / "python"),
         str(ipip_cost.GUEST_SCRIPT),
-        "1",
+        str(args.rounds),
         str(args.bytes),
         ",".join(args.paths),
         str(xfer),
@@ -161,16 +163,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = report["runs"]
     if len(dumps) != 2 + 2 * len(runs):
         raise ipip_cost.CostBenchError(f"{len(dumps)} profile dumps for {len(runs)} transfers")
-    per_path = {
-        run["path"]: by_symbol(dumps[3 + 2 * i], symbols, run["bytes"])
-        for i, run in enumerate(runs)
-    }
+    rounds: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        rounds[run["path"]].append(by_symbol(dumps[3 + 2 * i], symbols, run["bytes"]))
+    per_path = {path: median_by_symbol(each) for path, each in rounds.items()}
     return {"kernel": report["uname"], "bytes": args.bytes, "per_path": per_path}
+
+
+def median_by_symbol(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per symbol, the median over rounds (a symbol a round did not run counts as 0 there).
+
+    Work that is not the transfer's (timer ticks, kworkers, RCU) lands in some windows and
+    not others; the median keeps it from any one round."""
+    names = set().union(*rounds)
+    return {n: statistics.median(r.get(n, 0.0) for r in rounds) for n in names}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bytes", type=int, default=50_000_000)
+    parser.add_argument("--rounds", type=int, default=3, help="per path; medians per symbol")
     parser.add_argument(
         "--paths", type=lambda s: tuple(s.split(",")), default=("ideal", "kernel", "bpf")
     )

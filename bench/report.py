@@ -506,8 +506,8 @@ def render_ipip_cost(ic: dict[str, Any]) -> str:
         return f"Not measured: {ic['failed']}"
     rows = [
         "| path | instructions per byte | vs ideal | vs ipip module | copy iterations per byte | "
-        "all, vs ideal | TCG Mbit/s (not a figure) |",
-        "|---|---|---|---|---|---|---|",
+        "all, vs ideal | mean skb KB | TCG Mbit/s (not a figure) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in ic["rows"]:
         ideal = row["path"] == "ideal"
@@ -517,7 +517,7 @@ def render_ipip_cost(ic: dict[str, Any]) -> str:
             f"{_ratio(row.get('module_ratio')) if row.get('module_ratio') else 'n/a'} | "
             f"{_count(row['copy_per_mb'])} | "
             f"{'n/a' if ideal else _ratio(row['all_ratio'])} | "
-            f"{_count(row['mbit_s'], 1.0, 0)} |"
+            f"{_count(row.get('skb_bytes'), 1e3, 1)} | {_count(row['mbit_s'], 1.0, 0)} |"
         )
     return "\n".join(
         [

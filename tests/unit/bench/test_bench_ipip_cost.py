@@ -13,7 +13,7 @@ report = load("report")
 
 def transfers(paths: list[str], rounds: int) -> list[dict[str, Any]]:
     return [
-        {"path": p, "round": r, "bytes": 10_000_000, "seconds": 0.5}
+        {"path": p, "round": r, "bytes": 10_000_000, "seconds": 0.5, "uplink_packets": 160}
         for r in range(rounds)
         for p in paths
     ]
@@ -95,6 +95,7 @@ def test_render_shows_every_path_and_says_what_the_counts_are_not() -> None:
     assert "| ideal pod path (hand-wired, native) | 0.600 (0.600-0.600) | n/a |" in text
     assert "| 0.750 (0.750-0.750) | 1.250 (1.250-1.250) | n/a | 3.000 (3.000-3.000) |" in text
     assert "do not predict throughput" in text
+    assert "| 62.5 (62.5-62.5) | 160 (160-160) |" in text  # 10 MB in 160 skbs, in 0.5 s
     assert report.render_ipip_cost({"failed": "no guest"}) == "Not measured: no guest"
 
 

@@ -60,3 +60,8 @@ def test_table_sorts_by_what_the_tunnel_paths_add() -> None:
     assert lines[0] == "| symbol | ideal | bpf | bpf - ideal |"
     assert lines[2] == "| **all** | 60 | 64 | +4 |"
     assert lines[3] == "| `bpf_prog_x_ipip_encap [bpf]` | 0.0 | 4.0 | +4.0 |"
+
+
+def test_each_symbol_takes_its_median_over_rounds() -> None:
+    rounds = [{"ip_rcv": 1.0, "tick": 9.0}, {"ip_rcv": 2.0}, {"ip_rcv": 3.0}]
+    assert ipip_profile.median_by_symbol(rounds) == {"ip_rcv": 2.0, "tick": 0.0}
