@@ -2,8 +2,9 @@
 
 The profile is only worth reading if its symbol mapping is right. One short run (one 10 MB
 transfer on the native pair and one on the tc-BPF pair) must put the encap and decap programs,
-and cls_bpf, on the tc-BPF path only; must find the native path's routing in both; and must
-leave almost nothing unattributed.
+and cls_bpf, on the tc-BPF path (and next to nothing of them on the native one: the whole
+guest is counted, and the idle pair's uplink sees the odd neighbour probe); must find the
+kernel's routing in both; and must leave almost nothing unattributed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def test_the_tc_bpf_programs_show_on_their_path_only(profile: dict[str, dict[str
     ideal, bpf = profile["ideal"], profile["bpf"]
     for name in ("_ipip_encap [bpf]", "_ipip_decap [bpf]", "cls_bpf_classify [cls_bpf]"):
         assert share(bpf, name) > 0.5, (name, sorted(bpf.items(), key=lambda kv: -kv[1])[:20])
-        assert share(ideal, name) == 0, name
+        # Not exactly 0: the idle tc-BPF pair's uplink still sees a stray neighbour probe or
+        # two during the native transfer (measured: 0.002 per KB, against 3.5 for the decap
+        # program on its own path). A mapping that mixed the paths up would be far above 1 %.
+        assert share(ideal, name) < 0.01 * share(bpf, name), (name, share(ideal, name))
     # Both paths route and forward through the same kernel functions.
     for path in (ideal, bpf):
         assert share(path, "fib_table_lookup") > 1 and share(path, "ip_forward") > 0.1

@@ -3,6 +3,7 @@ CNI server: Calico's wiring, the datastore after each step, and every failure un
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -240,9 +241,17 @@ def test_add_with_the_datastore_down(lab: CniLab, start_etcd: Any) -> None:
     assert "unavailable" in out.doc["msg"]
     assert lab.host_links() == [] and lab.host_routes() == {}
     assert [link["ifname"] for link in ip_json(ns, "link")] == ["lo"]
-    # Back up: the runtime's retry succeeds, and DEL cleans up.
+    # Back up: the runtime retries "try again later" (kubelet backs off for seconds). The agent's
+    # etcd channel reconnects within its backoff (at most 2 s: _CHANNEL_OPTIONS in
+    # datastore/etcd.py), so a retry within a few seconds succeeds; one that comes before the
+    # reconnect is "try again later" again and leaves nothing behind. Then DEL cleans up.
     start_etcd.start()
-    lab.add("cz", ns, "z", config=cfg)
+    deadline = time.monotonic() + 5.0
+    while (out := lab.plugin("ADD", "cz", ns, "z", config=cfg)).status != 0:
+        assert out.doc["code"] == Code.TRY_AGAIN_LATER, out.stdout
+        assert lab.host_links() == [], "a failed retry left a link"
+        assert time.monotonic() < deadline, f"no reconnect within 5 s: {out.stdout}"
+        time.sleep(0.25)
     assert len(lab.host_links()) == 1
     assert lab.plugin("DEL", "cz", ns, "z", config=cfg).status == 0
     assert lab.host_links() == []
