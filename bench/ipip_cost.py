@@ -175,11 +175,17 @@ def summarize(counted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "scripts" / "vm"))
+def run_in_guest(
+    rounds: int, nbytes: int, paths: Sequence[str], timeout: float, *, profile: bool = False
+) -> tuple[dict[str, Any], Any]:
+    """Run ``ipip_cost_guest.py`` in the backports guest with the plugin loaded: its report
+    and the guest run (whose ``qemu_log`` holds the plugin's lines). ``profile``: per-block
+    counters and the guest's kallsyms too (bench/ipip_profile.py)."""
+    vm_dir = str(REPO / "scripts" / "vm")
+    if vm_dir not in sys.path:
+        sys.path.insert(0, vm_dir)
     import vmguest
 
-    started = time.monotonic()
     plugin, xfer = build_tools()
     try:
         guest = vmguest.build_guest(source="backports")
@@ -188,19 +194,19 @@ def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
     command = [
         str(REPO / ".venv" / "bin" / "python"),
         str(GUEST_SCRIPT),
-        str(args.rounds),
-        str(args.bytes),
-        ",".join(args.paths),
+        str(rounds),
+        str(nbytes),
+        ",".join(paths),
         str(xfer),
+        *(["profile"] if profile else []),
     ]
-    log(f"ipip cost: guest {guest.version}, {args.rounds} rounds of {args.bytes} bytes")
     try:
         result = vmguest.run_guest(
             command,
-            args.timeout,
+            timeout,
             guest=guest,
             cwd=str(REPO),
-            qemu_args=["-plugin", str(plugin), "-d", "plugin"],
+            qemu_args=["-plugin", f"{plugin}{',profile=on' if profile else ''}", "-d", "plugin"],
         )
     except vmguest.VMError as exc:
         raise CostBenchError(f"the guest run failed: {exc}") from exc
@@ -208,7 +214,13 @@ def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
         raise CostBenchError(
             f"the guest script exited {result.exit_code}:\n{result.output[-3000:]}"
         )
-    report = parse_report(result.output)
+    return parse_report(result.output), result
+
+
+def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
+    started = time.monotonic()
+    log(f"ipip cost: backports guest, {args.rounds} rounds of {args.bytes} bytes")
+    report, result = run_in_guest(args.rounds, args.bytes, args.paths, args.timeout)
     marks = parse_markers(result.qemu_log)
     counted = per_run_counts(report["runs"], marks)
     return {

@@ -124,30 +124,9 @@ def table(per_path: dict[str, dict[str, float]], top: int) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    sys.path.insert(0, str(ipip_cost.REPO / "scripts" / "vm"))
-    import vmguest
-
-    plugin, xfer = ipip_cost.build_tools()
-    guest = vmguest.build_guest(source="backports")
-    command = [
-        str(ipip_cost.REPO / ".venv" / "bin" / "python"),
-        str(ipip_cost.GUEST_SCRIPT),
-        str(args.rounds),
-        str(args.bytes),
-        ",".join(args.paths),
-        str(xfer),
-        "profile",
-    ]
-    result = vmguest.run_guest(
-        command,
-        args.timeout,
-        guest=guest,
-        cwd=str(ipip_cost.REPO),
-        qemu_args=["-plugin", f"{plugin},profile=on", "-d", "plugin"],
+    report, result = ipip_cost.run_in_guest(
+        args.rounds, args.bytes, args.paths, args.timeout, profile=True
     )
-    if result.exit_code != 0:
-        raise ipip_cost.CostBenchError(f"guest exited {result.exit_code}:\n{result.output[-3000:]}")
-    report = ipip_cost.parse_report(result.output)
     packed = next(
         (
             line.split(" ", 1)[1]
