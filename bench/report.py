@@ -514,7 +514,7 @@ def render_ipip_cost(ic: dict[str, Any]) -> str:
         rows.append(
             f"| {row['label']} | {_count(row['insn_per_mb'])} | "
             f"{'n/a' if ideal else _ratio(row['insn_ratio'])} | "
-            f"{_ratio(row.get('module_ratio')) if row.get('module_ratio') else 'n/a'} | "
+            f"{_ratio(row.get('module_ratio'))} | "
             f"{_count(row['copy_per_mb'])} | "
             f"{'n/a' if ideal else _ratio(row['all_ratio'])} | "
             f"{_count(row.get('skb_bytes'), 1e3, 1)} | {_count(row['mbit_s'], 1.0, 0)} |"
