@@ -21,10 +21,13 @@ hits all paths alike): iperf3 TCP throughput with 1 and 4 streams (server in the
 namespace, client in the source namespace, ``nsenter --net``, at ``nice -10`` so that other
 people's jobs on this shared host disturb the measurement less), and the round-trip time of a
 1-byte TCP request/response (netperf TCP_RR's test, here a Python client and echo server:
-``rr-server``/``rr-client`` below) as p50/p99 over ``--round-trips``. Ratios to the references
-are taken per round (paired, a few seconds apart) and summarised as median/min/max by
-``bench/report.py``. Finally the RSS of every agent and of its BGP speaker (ExaBGP and its
-helper) is read from /proc in each mode lab.
+``rr-server``/``rr-client`` below) as p50/p99 over ``--round-trips``. Around each iperf3
+client the machine's busy CPU time is read from /proc/stat, giving CPU seconds per GB moved
+(the whole machine's: both nodes, the client and server, and whatever else runs here): it says
+whether a path's throughput gap is CPU work. Ratios to the references are taken per round
+(paired, a few seconds apart) and summarised as median/min/max by ``bench/report.py``.
+Finally the RSS of every agent and of its BGP speaker (ExaBGP and its helper) is read from
+/proc in each mode lab.
 
 Invariants: traffic flows only between addresses inside the labs' namespaces; every process
 started here (iperf3, echo servers, clients) is stopped by its PID; every lab is brought down
@@ -221,6 +224,7 @@ def parse_iperf(report: dict[str, Any]) -> dict[str, float]:
     cpu = end.get("cpu_utilization_percent", {})
     return {
         "gbits": round(end["sum_received"]["bits_per_second"] / 1e9, 3),
+        "bytes": int(end["sum_received"].get("bytes", 0)),
         "retransmits": int(end.get("sum_sent", {}).get("retransmits", 0)),
         "cpu_sender": round(float(cpu.get("host_total", 0.0)), 1),
         "cpu_receiver": round(float(cpu.get("remote_total", 0.0)), 1),
@@ -479,8 +483,28 @@ def iperf(src: Endpoint, dst: Endpoint, seconds: float, streams: int) -> dict[st
         ],
     )
     with server(srv, IPERF_PORT, "iperf3 server"):
+        before = cpu_busy_seconds()
         out = run_client(cli, seconds + 20, f"iperf3 -P {streams}")
-    return parse_iperf(json.loads(out))
+        busy = cpu_busy_seconds() - before
+    result = parse_iperf(json.loads(out))
+    return {**result, **cpu_per_gb(busy, result["bytes"])}
+
+
+def cpu_busy_seconds(stat: str = "/proc/stat") -> float:
+    """CPU time the whole machine has spent busy since boot: user, nice, system, irq and
+    softirq of the first (all-CPU) line, in seconds (idle, iowait and steal are not work)."""
+    with open(stat) as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_gb(busy_seconds: float, nbytes: int) -> dict[str, float]:
+    """CPU seconds per GB moved (none when nothing moved): what a path costs the machine per
+    byte, pod to pod (both nodes share the CPUs)."""
+    if nbytes <= 0:
+        return {}
+    return {"cpu_busy_s": round(busy_seconds, 3), "cpu_s_per_gb": busy_seconds / (nbytes / 1e9)}
 
 
 def round_trips(src: Endpoint, dst: Endpoint, count: int) -> dict[str, float]:

@@ -124,6 +124,7 @@ def dataplane_figures(dp: dict[str, Any]) -> list[dict[str, Any]]:
         for test in ("tput1", "tput4"):
             row[test] = spread(_series(samples, key, test, "gbits"))
             row[f"{test}_retrans"] = spread(_series(samples, key, test, "retransmits"))
+            row[f"{test}_cpu"] = spread(_series(samples, key, test, "cpu_s_per_gb"))
         row["p50"] = spread(_series(samples, key, "rr", "p50_us"))
         row["p99"] = spread(_series(samples, key, "rr", "p99_us"))
         for ref_kind in ("ideal", "underlay"):
@@ -139,6 +140,17 @@ def dataplane_figures(dp: dict[str, Any]) -> list[dict[str, Any]]:
                 row[f"{test}_vs_{ref_kind}"] = spread(ratios)
                 if ref_kind == "ideal":
                     row[f"{test}_vs_ideal_ci"] = median_ci(ratios)
+                    # CPU per byte, paired the same way (runs before it was recorded: none).
+                    row[f"{test}_cpu_vs_ideal"] = (
+                        spread(
+                            paired_ratios(
+                                _series(samples, key, test, "cpu_s_per_gb"),
+                                _series(samples, ref, test, "cpu_s_per_gb"),
+                            )
+                        )
+                        if ref
+                        else None
+                    )
             for q in ("p50", "p99"):
                 row[f"{q}_vs_{ref_kind}"] = (
                     spread(
@@ -223,6 +235,21 @@ def render_dataplane(dp: dict[str, Any]) -> str:
             f"{fmt(r['tput4'])} | {_pct(r['tput4_vs_ideal'])} | {_ci(r['tput4_vs_ideal_ci'])} | "
             f"{_pct(r['tput4_vs_underlay'])} | {target} | {verdicts} |"
         )
+    if any(r["tput1_cpu"] or r["tput4_cpu"] for r in rows):
+        lines += [
+            "",
+            "**CPU per byte** (the whole machine's busy CPU seconds per GB moved, from "
+            "/proc/stat around each iperf3 client: both nodes share the CPUs; a ratio above "
+            "1 is what the path costs beyond the ideal one):",
+            "",
+            "| path | 1 stream: CPU s/GB | vs ideal | 4 streams: CPU s/GB | vs ideal |",
+            "|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['label']} | {fmt(r['tput1_cpu'], 3)} | {_times(r['tput1_cpu_vs_ideal'])} "
+                f"| {fmt(r['tput4_cpu'], 3)} | {_times(r['tput4_cpu_vs_ideal'])} |"
+            )
     lines += [
         "",
         "**Round-trip latency** (1-byte TCP request/response, microseconds; Python client and "

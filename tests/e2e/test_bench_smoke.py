@@ -9,6 +9,7 @@ count), wrote both files, and left no lab or namespace behind.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         "### Route programming",
         "### BGP convergence",
         "**Memory and idle CPU per node**",
+        "**CPU per byte**",
         "IPIP, ipip module (Calico's; tortie's kernel backend)",
         "IPIP, tortie tc-BPF (ipip.o)",
     ):
@@ -71,6 +73,12 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     for path, tests in raw["dataplane"]["samples"].items():
         for test, runs in tests.items():
             assert runs and None not in runs, (path, test)
+            if test != "rr":
+                # The machine was busy moving the bytes: a CPU figure for every 1 s iperf3 run,
+                # within what its CPUs can spend in 10 s (a broken /proc/stat read would not).
+                for run in runs:
+                    assert 0 < run["cpu_busy_s"] <= (os.cpu_count() or 1) * 10, run
+                    assert run["cpu_s_per_gb"] > 0, run
     # The guest's four paths were each counted, and the bpf pair loaded the kfunc build.
     cost = raw["ipip_cost"]
     assert [r["path"] for r in cost["rows"]] == ["ideal", "kernel", "bpf", "bpf-compat"]

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from benchmods import load
@@ -77,12 +78,18 @@ def test_parse_iperf_reads_the_receiver_side() -> None:
     report = {
         "end": {
             "sum_sent": {"bits_per_second": 9.9e9, "retransmits": 3},
-            "sum_received": {"bits_per_second": 9.5e9},
+            "sum_received": {"bits_per_second": 9.5e9, "bytes": 2_375_000_000},
             "cpu_utilization_percent": {"host_total": 51.23, "remote_total": 40.0},
         }
     }
     got = dataplane.parse_iperf(report)
-    assert got == {"gbits": 9.5, "retransmits": 3, "cpu_sender": 51.2, "cpu_receiver": 40.0}
+    assert got == {
+        "gbits": 9.5,
+        "bytes": 2_375_000_000,
+        "retransmits": 3,
+        "cpu_sender": 51.2,
+        "cpu_receiver": 40.0,
+    }
     with pytest.raises(RuntimeError, match="unable to connect"):
         dataplane.parse_iperf({"error": "unable to connect to server"})
 
@@ -124,3 +131,19 @@ def test_descendants_and_rss_of_this_process() -> None:
     assert dataplane.rss_kib(os.getpid()) > 0
     assert dataplane.rss_kib(2**22 + 12345) == 0  # no such process
     assert isinstance(dataplane.descendants(os.getpid()), list)
+
+
+def test_cpu_busy_seconds_counts_work_not_idle_or_steal(tmp_path: Path) -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(f"cpu  {hz} {hz} {2 * hz} 999999 777 {hz} {3 * hz} 55555 0 0\ncpu0 1 2 3\n")
+    assert dataplane.cpu_busy_seconds(str(stat)) == pytest.approx(8.0)
+    # The live file parses too, and time only moves forward.
+    first = dataplane.cpu_busy_seconds()
+    assert 0 < first <= dataplane.cpu_busy_seconds()
+
+
+def test_cpu_per_gb() -> None:
+    assert dataplane.cpu_per_gb(3.0, 6 * 10**9) == {"cpu_busy_s": 3.0, "cpu_s_per_gb": 0.5}
+    assert dataplane.cpu_per_gb(3.0, 0) == {}  # nothing moved: no figure, not a division

@@ -102,6 +102,25 @@ def test_render_dataplane_and_headline() -> None:
     assert "tput PASS, p50 PASS" in head
 
 
+def test_cpu_per_byte_is_paired_with_the_ideal_path() -> None:
+    dp = synthetic_dataplane()
+    assert "**CPU per byte**" not in report.render_dataplane(dp)  # older runs: no table
+    for key, cpu in (("ideal", (0.50, 0.40, 0.60)), ("ipip", (0.55, 0.48, 0.66))):
+        for run, c in zip(dp["samples"][key]["tput1"], cpu, strict=True):
+            assert run is not None
+            run["cpu_s_per_gb"] = c
+    rows = {r["key"]: r for r in report.dataplane_figures(dp)}
+    # Per round 1.10, 1.20, 1.10: the median of the paired ratios, not a ratio of medians.
+    assert rows["ipip"]["tput1_cpu_vs_ideal"].median == pytest.approx(1.10)
+    assert rows["ipip"]["tput1_cpu_vs_ideal"].high == pytest.approx(1.20)
+    assert rows["ipip"]["tput4_cpu_vs_ideal"] is None
+    assert rows["ideal"]["tput1_cpu_vs_ideal"] is None  # a reference has no reference
+    assert rows["bgp"]["tput1_cpu"] is None
+    text = report.render_dataplane(dp)
+    assert "**CPU per byte**" in text
+    assert "| IPIP (tc-BPF) | 0.550 (0.480-0.660) | 1.10 (1.10-1.20)x | n/a | n/a |" in text
+
+
 def test_render_dataplane_lists_errors() -> None:
     dp = synthetic_dataplane()
     dp["errors"] = [{"round": 0, "path": "ipip", "test": "tput4", "error": "iperf3 exited 1"}]
