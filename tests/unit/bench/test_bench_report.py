@@ -119,6 +119,9 @@ def test_cpu_per_byte_is_paired_with_the_ideal_path() -> None:
     text = report.render_dataplane(dp)
     assert "**CPU per byte**" in text
     assert "| IPIP (tc-BPF) | 0.550 (0.480-0.660) | 1.10 (1.10-1.20)x | n/a | n/a |" in text
+    head = report.headline({"dataplane": dp})
+    assert "CPU per byte x ideal" in head
+    assert "| 1.10 (1.10-1.20)x |" in head
 
 
 def test_render_dataplane_lists_errors() -> None:
