@@ -243,8 +243,7 @@ class SqliteDatastore:
                 os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o007)
         finally:
             os.close(fd)
-        with contextlib.suppress(OSError):  # optional: without it, watches poll
-            os.close(os.open(self._notify_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self._make_notify_file()
         for suffix in ("-wal", "-shm", NOTIFY_SUFFIX):
             with contextlib.suppress(OSError):
                 st = os.stat(self._path + suffix)
@@ -552,11 +551,15 @@ class SqliteDatastore:
         try:
             os.utime(self._notify_path)
         except FileNotFoundError:
-            # Removed by hand: make it again (empty, private), or they fall back to polling.
-            with contextlib.suppress(OSError):
-                os.close(os.open(self._notify_path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._make_notify_file()  # removed by hand: make it again
         except OSError:
             pass  # a read-only or foreign file: their 1 s poll still sees the commit
+
+    def _make_notify_file(self) -> None:
+        """``<db>-notify``, empty and private, if missing. Optional: without it (a directory
+        we may not write), other processes' watches poll instead of being woken."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(self._notify_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
     def _bump_generation(self) -> None:
         with self._changed:
