@@ -26,7 +26,8 @@
  *
  * Invariants: every packet that reaches ipip_encap is either encapsulated or dropped (never
  * passed to the veth peer, which could loop it back into the stack); ipip_decap never drops
- * non-IPIP traffic. Configuration (node IP, tunl0 ifindex and MAC) and the allowlist live in
+ * non-IPIP traffic and passes it on to the hook's next program (attached as a tcx link on
+ * 6.6+, else a tc filter: tortie/dataplane/ipip_bpf.py). Configuration (node IP, tunl0 ifindex and MAC) and the allowlist live in
  * maps that user space fills; the programs hold no other state.
  *
  * Hazards: BPF_F_ADJ_ROOM_DECAP_L3_IPV4 needs kernel >= 6.3: we try it first and fall back to a
@@ -273,17 +274,19 @@ int ipip_decap(struct __sk_buff *skb)
 	struct ipip_config *cfg;
 	struct iphdr outer, inner;
 
-	/* Fast path: everything that is not IPv4 proto 4 is none of our business. */
+	/* Fast path: everything that is not IPv4 proto 4 is none of our business. Passed on with
+	 * TC_ACT_UNSPEC (tcx: TCX_NEXT), not TC_ACT_OK: OK would end the hook, and the uplink's
+	 * other programs (tcx links after ours, or tc filters) would never see the packet. */
 	if (skb->protocol != bpf_htons(ETH_P_IP) ||
 	    bpf_skb_load_bytes(skb, ETH_HLEN, &outer, sizeof(outer)) < 0 ||
 	    outer.protocol != IPPROTO_IPIP)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	cfg = config();
 	if (!cfg)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (outer.daddr != cfg->node_ip) {
 		count(ST_DECAP_PASS_NOT_OURS);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (!bpf_map_lookup_elem(&ipip_allow, &outer.saddr)) {
 		count(ST_DECAP_DROP_UNKNOWN_SRC);

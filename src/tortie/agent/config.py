@@ -25,6 +25,7 @@ from tortie.dataplane.netlink import Netlink
 from tortie.errors import TortieError
 
 IPIPBackendMode = Literal["auto", "kernel", "bpf"]
+BpfAttachMode = Literal["auto", "tcx", "tc"]
 DEFAULT_RUN_DIR = Path("/run/tortie")
 # Interfaces that are never the node's address: ours, loopback, container plumbing.
 _SKIP_IFACES = re.compile(r"^(lo|cali.*|tunl\d*|vxlan\.calico|docker\d*|cni\d*|veth.*|virbr.*)$")
@@ -46,6 +47,7 @@ class AgentConfig:
     health_port: int | None = None  # None: no HTTP server
     state_dir: Path | None = None  # default: /run/tortie/<node>
     bpf_object: Path | None = None
+    bpf_attach: BpfAttachMode = "auto"  # tcx links (6.6+) or tc filters; auto: tcx if it can
     route_protocol: int = 80
     resync_interval: float = 90.0  # Felix's route refresh interval
     cni_grace_period: float = 10.0

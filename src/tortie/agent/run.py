@@ -76,6 +76,7 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
             uplink=address.uplink,
             pin_dir=cfg.pin_dir,
             bpf_object=cfg.bpf_object,
+            bpf_attach=cfg.bpf_attach,
         )
 
     def vxlan_factory() -> VXLANManager:

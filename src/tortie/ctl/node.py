@@ -1,4 +1,4 @@
-"""``tortie node run``: the node agent's command line.
+"""``tortie node run|status|bpf``: the node agent's command line, and what it set up.
 
 Options follow calico-node's environment knobs where they exist (IP, IP_AUTODETECTION_METHOD,
 AS, NODENAME) with tortie's own additions (IPIP backend, health port, state directory).
@@ -62,6 +62,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--health-host", default="127.0.0.1")
     run.add_argument("--state-dir", type=Path, help="default: /run/tortie/<node>")
     run.add_argument("--bpf-object", type=Path, help="default: $TORTIE_BPF_OBJECT or bpf/build")
+    run.add_argument(
+        "--bpf-attach-type",
+        choices=("auto", "tcx", "tc"),
+        default="auto",
+        help="how the tc-BPF IPIP programs are attached: tcx links (Linux 6.6+) or tc filters "
+        "(auto: tcx where the kernel has it; Calico's bpfAttachType)",
+    )
     run.add_argument("--resync-interval", type=float, default=90.0, metavar="SECONDS")
     run.add_argument(
         "--label",
@@ -73,6 +80,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.set_defaults(func=_run)
     register_status(nsub)
+    register_bpf(nsub)
 
 
 def node_name(given: str | None) -> str:
@@ -119,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         state_dir=args.state_dir,
         bpf_object=args.bpf_object,
+        bpf_attach=args.bpf_attach_type,
         resync_interval=args.resync_interval,
         bgp=args.bgp,
         bgp_hold_time=args.bgp_hold_time,
@@ -182,3 +191,48 @@ def _agent_status(state_dir: Path) -> dict[str, object] | None:
     if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
         return None
     return dict(status)
+
+
+def register_bpf(nsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bpf = nsub.add_parser(
+        "bpf",
+        help="the BPF programs on this network namespace's tc hooks (tcx links and tc filters)",
+        description="What runs on each device's tc ingress/egress hook, in run order: tcx "
+        "links (which `tc filter show` and bpftool 7.1 do not list) and tc filters. Run it "
+        "in the node's network namespace (nsenter --net=...).",
+    )
+    bpf.add_argument("--dev", help="only this device")
+    bpf.add_argument("--hook", choices=("ingress", "egress"), help="only this hook")
+    bpf.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    bpf.set_defaults(func=_bpf)
+
+
+class NodeBpfError(TortieError):
+    pass
+
+
+def _bpf(args: argparse.Namespace) -> int:
+    import json
+
+    from tortie.dataplane.bpfhooks import hook_programs
+
+    if args.dev is not None and args.dev not in {n for _, n in socket.if_nameindex()}:
+        raise NodeBpfError(f"--dev {args.dev}: no such device in this network namespace")
+    try:
+        programs = hook_programs(dev=args.dev, hook=args.hook)
+    except OSError as err:
+        raise NodeBpfError(f"cannot list BPF programs ({err}): run as root") from err
+    if args.output == "json":
+        print(json.dumps([p.to_json() for p in programs], indent=2))
+        return 0
+    rows = [("DEV", "HOOK", "ATTACH", "PROG ID", "NAME")]
+    for p in programs:
+        how = f"tcx link {p.link_id}" if p.attach == "tcx" else f"tc pref {p.pref}"
+        rows.append((p.dev, p.hook, how, str(p.prog_id), p.name))
+    if len(rows) == 1:
+        print("no BPF programs on any tc hook here")
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0

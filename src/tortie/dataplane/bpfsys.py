@@ -27,7 +27,9 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_ANY = 0
 
@@ -66,10 +68,14 @@ def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     return ret
 
 
-def _attr(fmt: str, *values: int) -> ctypes.Array[ctypes.c_char]:
+def attr(fmt: str, *values: int) -> ctypes.Array[ctypes.c_char]:
+    """A zeroed ``union bpf_attr`` with ``values`` packed at its start (``fmt``: struct's)."""
     buf = ctypes.create_string_buffer(_ATTR_SIZE)
     struct.pack_into(fmt, buf, 0, *values)
     return buf
+
+
+_attr = attr
 
 
 def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
@@ -88,12 +94,33 @@ def _info(fd: int, size: int) -> bytes:
     return info.raw
 
 
+def info(fd: int, size: int) -> bytes:
+    """``BPF_OBJ_GET_INFO_BY_FD``: the first ``size`` bytes of the object's info struct."""
+    return _info(fd, size)
+
+
+def obj_pin(fd: int, path: str | os.PathLike[str]) -> None:
+    """Pin the object behind ``fd`` at ``path`` (in a bpffs); the pin holds a reference."""
+    encoded = ctypes.create_string_buffer(os.fsencode(path))
+    bpf(BPF_OBJ_PIN, _attr("=QII", ctypes.addressof(encoded), fd, 0))
+
+
 def prog_id(path: str | os.PathLike[str]) -> int:
     """The kernel id of a pinned program (what ``tc filter show`` reports as ``id``)."""
     fd = obj_get(path)
     try:
         # struct bpf_prog_info: __u32 type; __u32 id; ...
         return int(struct.unpack_from("=II", _info(fd, 64))[1])
+    finally:
+        os.close(fd)
+
+
+def prog_name(prog_id: int) -> str:
+    """The name of the loaded program with kernel id ``prog_id`` ("" if it has none)."""
+    fd = bpf(BPF_PROG_GET_FD_BY_ID, _attr("=I", prog_id))
+    try:
+        # struct bpf_prog_info: ... char name[BPF_OBJ_NAME_LEN] at offset 64.
+        return _info(fd, 96)[64:80].split(b"\0", 1)[0].decode(errors="replace")
     finally:
         os.close(fd)
 

@@ -111,6 +111,7 @@ def make_ipip_backend(
     netns: NetnsRef = None,
     bpf_object: Path | None = None,
     device: str = TUNNEL_DEVICE,
+    bpf_attach: Literal["auto", "tcx", "tc"] = "auto",
 ) -> tuple[IPIPBackend, str]:
     """The backend for ``mode`` and why it was chosen (``auto``: kernel if it can, else bpf)."""
     # Imported here: each backend pulls in modules the other does not need.
@@ -136,5 +137,6 @@ def make_ipip_backend(
         netns=netns,
         bpf_object=bpf_object,
         device=device,
+        attach=bpf_attach,
     )
     return backend, reason

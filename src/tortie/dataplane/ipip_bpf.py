@@ -9,10 +9,19 @@ Layout (one node, one pin directory, on a bpffs of its own if need be)::
 
     <pin_dir>/ipip-<sha256(ipip.o)[:16]>/ipip_encap, ipip_decap       programs
     <pin_dir>/ipip-<...>/maps/ipip_config, ipip_allow, ipip_stats       maps
+    <pin_dir>/tcx-ipip_encap, tcx-ipip_decap                            tcx links (6.6+)
 
 Naming the directory by the object's hash makes "already loaded" a path check, and an upgrade
-(a new object) loads next to the old one, copies the allowlist over, swaps the tc filters
-atomically, then unpins the old version.
+(a new object) loads next to the old one, copies the allowlist over, swaps the programs
+atomically (a tcx link's program, or a tc filter replaced in place), then unpins the old
+version.
+
+How the programs are attached (``attach``): ``tcx`` links (:mod:`tortie.dataplane.tcx`, kernel
+6.6+: no classifier layer per packet, the link pinned next to the programs) or ``tc`` filters
+on a clsact qdisc (:mod:`tortie.dataplane.tc`, any kernel); ``auto`` takes tcx where the
+kernel has it, as Calico's ``bpfAttachType`` does. Switching either way attaches the new way
+first and then removes the old, so no packet meets an empty hook. ``tc filter show`` does not
+list tcx links on Debian 12: ``tortie bpf show`` lists both kinds.
 
 Two builds of ``bpf/ipip.c``, tried in order: ``ipip.o`` reads the outer destination from the
 skb's route (kfuncs, kernel >= 6.2: one FIB lookup per packet instead of two) and
@@ -43,8 +52,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Literal
 
-from tortie.dataplane import bpffs, tc
+from tortie.dataplane import bpffs, tc, tcx
 from tortie.dataplane.bpfsys import PinnedMap, prog_id
 from tortie.dataplane.ipip import TUNNEL_DEVICE, IPIPError, TunnelAddr, ensure_tunnel_address
 from tortie.dataplane.netlink import Link, Netlink
@@ -72,6 +82,9 @@ _KEY0 = struct.pack("=I", 0)
 _ALLOWED = struct.pack("=I", 1)
 OBJECT_ENV = "TORTIE_BPF_OBJECT"
 OBJECTS = ("ipip.o", "ipip-compat.o")  # preference order, as bpf/Makefile builds them
+AttachMode = Literal["auto", "tcx", "tc"]
+ATTACH_MODES: tuple[AttachMode, ...] = ("auto", "tcx", "tc")
+TCX_LINK_PREFIX = "tcx-"  # <pin_dir>/tcx-<program>: the pinned tcx link of that program
 
 
 def default_bpf_objects() -> tuple[Path, ...]:
@@ -134,6 +147,7 @@ class BpfIPIP:
         device: str = TUNNEL_DEVICE,
         peer: str | None = None,
         bpftool: str = "bpftool",
+        attach: AttachMode = "auto",
     ) -> None:
         self.netlink = netlink
         self.node_ip = node_ip
@@ -151,6 +165,11 @@ class BpfIPIP:
         self.device = device
         self.peer = peer or device + PEER_SUFFIX
         self.bpftool = bpftool
+        if attach not in ATTACH_MODES:
+            raise ValueError(f"attach must be one of {', '.join(ATTACH_MODES)}, not {attach!r}")
+        self.attach = attach
+        self._attach_how: Literal["tcx", "tc"] | None = None  # attach, with auto resolved
+        self._swept = False  # the first pass removed the other kind's attachment of ours
         self._known: frozenset[IPv4Address] | None = None
         self._digests: dict[Path, tuple[tuple[int, int, int], str]] = {}
         self._pins: Pins | None = None
@@ -324,19 +343,68 @@ class BpfIPIP:
         # Maps first, programs second: an attached program never runs unconfigured.
         changes += self._ensure_config(pins)
         changes += self._sync_allowlist(pins)
-        hooks: list[tuple[str, tc.Direction, Path]] = [
-            (self.device, "egress", pins.encap),
-            (self.uplink, "ingress", pins.decap),
-        ]
-        for dev, direction, prog in hooks:
-            if tc.ensure_bpf_filter(dev, direction, str(prog), prog_id(prog), self.netns):
-                changes.append(f"attached {prog.name} to {dev} {direction}")
+        for dev, direction, prog in self._hooks(pins):
+            changes += self._attach_program(dev, direction, prog)
+        self._swept = True
         for old in self._older_versions(pins):
             _unpin(old.dir)
             changes.append(f"unpinned {old.dir.name}")
         self._pins = pins
         if changes:
             log.info("bpf ipip on %s: %s", self.device, "; ".join(changes))
+        return changes
+
+    # -- attaching ---------------------------------------------------------------------------
+
+    def _hooks(self, pins: Pins) -> list[tuple[str, tc.Direction, Path]]:
+        return [(self.device, "egress", pins.encap), (self.uplink, "ingress", pins.decap)]
+
+    def attach_how(self) -> Literal["tcx", "tc"]:
+        """How programs are attached here: ``attach`` with ``auto`` resolved (once)."""
+        if self._attach_how is None:
+            has_tcx = tcx.supported(self.netns)
+            if self.attach == "tcx" and not has_tcx:
+                raise IPIPError(
+                    "bpf attach type tcx: this kernel has no tcx (Linux 6.6+); "
+                    "use --bpf-attach-type tc or auto"
+                )
+            self._attach_how = (
+                "tcx" if self.attach == "tcx" or (self.attach == "auto" and has_tcx) else "tc"
+            )
+        return self._attach_how
+
+    def link_path(self, prog: str) -> Path:
+        """Where the tcx link running program ``prog`` is pinned."""
+        return self.pin_dir / f"{TCX_LINK_PREFIX}{prog}"
+
+    def _attach_program(self, dev: str, direction: tc.Direction, prog: Path) -> list[str]:
+        """Make ``prog`` run on ``dev``'s ``direction`` hook the configured way, and remove
+        ours of the other way (the new attachment first: no moment without the program)."""
+        changes: list[str] = []
+        link_path = self.link_path(prog.name)
+        if self.attach_how() == "tcx":
+            link = self.netlink.get_link(dev)
+            if link is None:
+                raise IPIPError(f"cannot attach {prog.name}: {dev} does not exist")
+            try:
+                change = tcx.ensure_link(
+                    link_path, prog, link.index, direction, self.netns, dev=dev
+                )
+            except tcx.TcxError as exc:
+                raise IPIPError(str(exc)) from exc
+            if change is not None:
+                changes.append(change)
+            # A tc filter of ours from before (an agent that attached with tc): checked on the
+            # first pass and whenever the link was (re)made, not on every resync (a process).
+            if (change is not None or not self._swept) and tc.remove_bpf_filter(
+                dev, direction, self.netns
+            ):
+                changes.append(f"removed tc filter from {dev} {direction} (now a tcx link)")
+            return changes
+        if tc.ensure_bpf_filter(dev, direction, str(prog), prog_id(prog), self.netns):
+            changes.append(f"attached {prog.name} to {dev} {direction}")
+        if tcx.remove_link(link_path):
+            changes.append(f"detached the tcx link from {dev} {direction} (now a tc filter)")
         return changes
 
     def set_known_nodes(self, node_ips: Iterable[IPv4Address]) -> list[str]:
@@ -365,6 +433,10 @@ class BpfIPIP:
 
     def remove(self) -> list[str]:
         changes = []
+        if self.pin_dir.exists() and bpffs.is_bpffs(self.pin_dir):
+            for link_path in sorted(self.pin_dir.glob(f"{TCX_LINK_PREFIX}*")):
+                if tcx.remove_link(link_path):
+                    changes.append(f"detached tcx link {link_path.name}")
         if self.netlink.get_link(self.uplink) is not None and tc.remove_bpf_filter(
             self.uplink, "ingress", self.netns
         ):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +43,7 @@ from tortie.lab.trace_parse import (
     parse_map_name,
     parse_neighbours,
     parse_nft_table,
+    parse_node_bpf,
     parse_prog_map_ids,
     parse_route_get,
     parse_sysctl,
@@ -69,7 +71,9 @@ class LabRunner:
     env: dict[str, str]
 
     def run(self, place: Place, argv: Sequence[str]) -> Evidence:
-        cmd = ["nsenter", f"--net=/run/netns/{place.netns}", "--", *argv]
+        # `tortie ...` is this tortie, whether or not its console script is on PATH.
+        program = [sys.executable, "-m", "tortie.ctl.main"] if argv[0] == "tortie" else [argv[0]]
+        cmd = ["nsenter", f"--net=/run/netns/{place.netns}", "--", *program, *argv[1:]]
         try:
             proc = subprocess.run(
                 cmd,
@@ -180,19 +184,39 @@ class KernelView:
         ev = self.ask(place, ["nft", "-j", "list", "table", NFT_FAMILY, NFT_TABLE])
         return ev, parse_nft_table(ev.output) if ev.ok else None
 
-    def tc_programs(self, place: Place, dev: str, hook: str) -> tuple[Evidence, list[str]]:
+    def hook_programs(
+        self, place: Place, dev: str, hook: str, want: str
+    ) -> tuple[tuple[Evidence, ...], list[tuple[str, int]]]:
+        """The BPF programs (name, id) on ``dev``'s tc ``hook`` (ingress/egress).
+
+        ``tc filter show`` first: it is what an operator would type, and it is all there is
+        on kernels before 6.6. When it does not show ``want``, ``tortie node bpf`` is asked
+        too: tcx links (6.6+, tortie's default there) are invisible to tc and to Debian 12's
+        bpftool."""
+        tc_ev = self.ask(place, ["tc", "-j", "filter", "show", "dev", dev, hook])
+        found = parse_tc_bpf(tc_ev.output)
+        if any(name == want for name, _ in found):
+            return (tc_ev,), found
+        node_ev = self.ask(
+            place, ["tortie", "node", "bpf", "--dev", dev, "--hook", hook, "-o", "json"]
+        )
+        return (tc_ev, node_ev), found + parse_node_bpf(node_ev.output)
+
+    def tc_programs(
+        self, place: Place, dev: str, hook: str, want: str
+    ) -> tuple[tuple[Evidence, ...], list[str]]:
         """Names of the BPF programs attached to ``dev``'s tc ``hook`` (ingress/egress)."""
-        ev = self.ask(place, ["tc", "-j", "filter", "show", "dev", dev, hook])
-        return ev, [name for name, _ in parse_tc_bpf(ev.output)]
+        evidence, found = self.hook_programs(place, dev, hook, want)
+        return evidence, [name for name, _ in found]
 
     def bpf_allowlist(
         self, place: Place, dev: str
     ) -> tuple[tuple[Evidence, ...], list[str] | None]:
         """The IPIP decap allowlist of the program on ``dev``'s tc ingress (None: no such
-        program or map): tc filter -> program id -> its maps -> ``ipip_allow`` -> keys."""
-        tc_ev = self.ask(place, ["tc", "-j", "filter", "show", "dev", dev, "ingress"])
-        evidence = [tc_ev]
-        for name, prog_id in parse_tc_bpf(tc_ev.output):
+        program or map): program on the hook -> its maps -> ``ipip_allow`` -> keys."""
+        hook_ev, found = self.hook_programs(place, dev, "ingress", DECAP_PROGRAM)
+        evidence = list(hook_ev)
+        for name, prog_id in found:
             if name != DECAP_PROGRAM:
                 continue
             prog_ev = self.ask(place, ["bpftool", "-j", "prog", "show", "id", str(prog_id)])

@@ -293,6 +293,19 @@ def parse_tc_bpf(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def parse_node_bpf(text: str) -> list[tuple[str, int]]:
+    """``tortie node bpf --dev D --hook H -o json`` -> [(program name, program id)]: tcx
+    links and tc filters alike, in run order."""
+    data = load_json(text)
+    out: list[tuple[str, int]] = []
+    if not isinstance(data, list):
+        return out
+    for entry in data:
+        if isinstance(entry, dict) and "prog_id" in entry:
+            out.append((str(entry.get("name", "")), int(entry["prog_id"])))
+    return out
+
+
 def parse_prog_map_ids(text: str) -> list[int]:
     data = load_json(text)
     if isinstance(data, dict):

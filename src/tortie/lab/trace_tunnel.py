@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from tortie.lab.trace_hop import TUNL0, End, HopState, route_step
 from tortie.lab.trace_kernel import ENCAP_PROGRAM, KernelView, Lookup
-from tortie.lab.trace_model import PROTO_IPIP, PROTO_UDP, Header, Step
+from tortie.lab.trace_model import PROTO_IPIP, PROTO_UDP, Evidence, Header, Step
 from tortie.lab.trace_parse import Route
 
 
@@ -40,22 +40,24 @@ def encap_ipip(view: KernelView, s: HopState, route: Route) -> str | End:
     if route.gateway is None:
         s.add(Step("drop", "tunl0 route without a gateway: no outer destination", "drop"))
         return End("dropped", "IPIP route without a gateway")
-    ev, programs = view.tc_programs(s.place, TUNL0, "egress")
+    evidence: tuple[Evidence, ...]
     if link is not None and link.kind == "ipip":
         how = "the kernel's ipip device"
-    elif ENCAP_PROGRAM in programs:
-        how = f"tc-BPF: tunl0 is a placeholder whose egress program {ENCAP_PROGRAM} does it"
+        evidence = ()
     else:
-        s.add(
-            Step(
-                "drop",
-                "tunl0 is neither an ipip device nor has the BPF encapsulation "
-                "program: the packet goes nowhere",
-                "drop",
-                (ev,),
+        evidence, programs = view.tc_programs(s.place, TUNL0, "egress", ENCAP_PROGRAM)
+        if ENCAP_PROGRAM not in programs:
+            s.add(
+                Step(
+                    "drop",
+                    "tunl0 is neither an ipip device nor has the BPF encapsulation "
+                    "program: the packet goes nowhere",
+                    "drop",
+                    evidence,
+                )
             )
-        )
-        return End("dropped", "tunl0 cannot encapsulate")
+            return End("dropped", "tunl0 cannot encapsulate")
+        how = f"tc-BPF: tunl0 is a placeholder whose egress program {ENCAP_PROGRAM} does it"
     # The outer packet is the node's own: the kernel picks its source (the module's
     # NBMA tunl0 and the BPF program's FIB lookup agree: the uplink's address).
     outer_lookup = view.route_get(s.place, route.gateway)
@@ -71,7 +73,7 @@ def encap_ipip(view: KernelView, s: HopState, route: Route) -> str | End:
             "(IPIP); the outer destination is the route's gateway, the inner packet is "
             "unchanged",
             "ipip",
-            (ev,),
+            evidence,
             {"device": TUNL0, "outer": outer.to_json()},
         )
     )

@@ -7,7 +7,8 @@ Topology (every namespace made here, every address inside them)::
     pod p2 (10.65.2.2) -- caliY -- node n2 (eth0 192.168.49.3) --+
 
 Pods are wired Calico-style by hand, as the CNI plugin would; the nodes are driven through the
-dataplane API the agent uses (BpfIPIP, RouteTable, configure_workload_interface).
+dataplane API the agent uses (BpfIPIP, RouteTable, configure_workload_interface). Every test runs
+with the programs attached as tcx links (kernel 6.6+; skipped before) and as tc filters.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,9 @@ from pathlib import Path
 import pytest
 from dp_lab import Capture, Lab, Monitor, build_bpf, icmp_echo, ipv4_header, lab, ping, sh
 
-from tortie.dataplane.ipip_bpf import BpfIPIP
+from tortie.dataplane import tcx
+from tortie.dataplane.bpfhooks import hook_programs
+from tortie.dataplane.ipip_bpf import AttachMode, BpfIPIP
 from tortie.dataplane.kernel_netlink import Pyroute2Netlink
 from tortie.dataplane.netns import ensure_sysctls, run_in_netns
 from tortie.dataplane.routes import RouteSpec
@@ -58,9 +62,10 @@ class Cluster:
     nodes: dict[int, Node]
     rogue: str
     obj: Path
+    attach: AttachMode
 
 
-def wire_node(the_lab: Lab, underlay: str, i: int, obj: Path) -> Node:
+def wire_node(the_lab: Lab, underlay: str, i: int, obj: Path, attach: AttachMode) -> Node:
     ns, pod_ns = the_lab.netns(f"n{i}"), the_lab.netns(f"p{i}")
     ip = the_lab.ip
     ip(underlay, "link", "add", f"up{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -90,6 +95,7 @@ def wire_node(the_lab: Lab, underlay: str, i: int, obj: Path) -> Node:
         pin_dir=the_lab.bpffs(f"n{i}"),
         netns=ns,
         bpf_object=obj,
+        attach=attach,
     )
     ipip.ensure_device(MTU, f"10.65.{i}.1")
     ipip.set_known_nodes({IPv4Address(NODE_IP[other])})
@@ -106,15 +112,23 @@ def wire_node(the_lab: Lab, underlay: str, i: int, obj: Path) -> Node:
 
 
 # Both builds of bpf/ipip.c: ipip.o (outer destination from the skb's route, kfuncs) and
-# ipip-compat.o (by FIB lookup, for kernels before 6.2), each through every test here.
-@pytest.fixture(scope="module", params=["ipip.o", "ipip-compat.o"])
+# ipip-compat.o (by FIB lookup, for kernels before 6.2), each through every test here; ipip.o
+# both ways of attaching (tcx links where the kernel has them, else tc filters).
+@pytest.fixture(
+    scope="module",
+    params=[("ipip.o", "tcx"), ("ipip.o", "tc"), ("ipip-compat.o", "tc")],
+    ids=["ipip.o-tcx", "ipip.o-tc", "ipip-compat.o-tc"],
+)
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    obj = build_bpf().parent / request.param
+    name, attach = request.param
+    if attach == "tcx" and not tcx.supported():
+        pytest.skip("this kernel has no tcx (Linux 6.6+)")
+    obj = build_bpf().parent / name
     with lab() as the_lab:
         underlay = the_lab.netns("u")
         the_lab.ip(underlay, "link", "add", "br0", "type", "bridge")
         the_lab.ip(underlay, "link", "set", "br0", "up")
-        nodes = {i: wire_node(the_lab, underlay, i, obj) for i in (1, 2)}
+        nodes = {i: wire_node(the_lab, underlay, i, obj, attach) for i in (1, 2)}
         rogue = the_lab.netns("r")
         the_lab.ip(
             underlay, "link", "add", "up9", "type", "veth", "peer", "name", "eth0", "netns", rogue
@@ -123,13 +137,13 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         the_lab.ip(rogue, "link", "set", "eth0", "up")
         the_lab.ip(rogue, "addr", "add", f"{ROGUE_IP}/24", "dev", "eth0")
         try:
-            yield Cluster(the_lab, nodes, rogue, obj)
+            yield Cluster(the_lab, nodes, rogue, obj, attach)
         finally:
             for node in nodes.values():
                 node.netlink.close()
 
 
-def another_backend(node: Node, *objects: Path) -> BpfIPIP:
+def another_backend(node: Node, *objects: Path, attach: AttachMode) -> BpfIPIP:
     """A second BpfIPIP for node 1 (an upgraded or restarted agent's), trying ``objects``."""
     return BpfIPIP(
         node.netlink,
@@ -138,6 +152,22 @@ def another_backend(node: Node, *objects: Path) -> BpfIPIP:
         pin_dir=node.pin_dir,
         netns=node.ns,
         bpf_objects=objects,
+        attach=attach,
+    )
+
+
+def ours(ns: str) -> list[tuple[str, str, str, str]]:
+    """tortie's programs on the node's hooks: (dev, hook, tcx|tc, program name)."""
+    return [
+        (p.dev, p.hook, p.attach, p.name)
+        for p in hook_programs(ns)
+        if p.name in ("ipip_encap", "ipip_decap")
+    ]
+
+
+def expected(attach: str) -> list[tuple[str, str, str, str]]:
+    return sorted(
+        [("eth0", "ingress", attach, "ipip_decap"), ("tunl0", "egress", attach, "ipip_encap")]
     )
 
 
@@ -248,9 +278,16 @@ def test_ipip_from_unknown_source_is_dropped_and_counted(cluster: Cluster) -> No
     assert n1.ipip.known_nodes() == {IPv4Address(NODE_IP[2])}
 
 
+def test_programs_are_attached_the_configured_way(cluster: Cluster) -> None:
+    for node in cluster.nodes.values():
+        assert node.ipip.attach_how() == cluster.attach
+        assert sorted(ours(node.ns)) == expected(cluster.attach)
+
+
 def test_setup_is_idempotent_across_agent_restarts(cluster: Cluster) -> None:
     n1 = cluster.nodes[1]
-    filters = sh("ip", "netns", "exec", n1.ns, "tc", "filter", "show", "dev", "tunl0", "egress")
+    attached = hook_programs(n1.ns)
+    assert sorted(ours(n1.ns)) == expected(cluster.attach)
     monitor = Monitor(n1.ns, "link", "address", "route")
     try:
         assert n1.ipip.ensure_device(MTU, "10.65.1.1") == []
@@ -264,6 +301,7 @@ def test_setup_is_idempotent_across_agent_restarts(cluster: Cluster) -> None:
                 pin_dir=n1.pin_dir,
                 netns=n1.ns,
                 bpf_object=cluster.obj,
+                attach=cluster.attach,
             )
             assert fresh.set_known_nodes({IPv4Address(NODE_IP[2])}) == []
             assert fresh.ensure_device(MTU, "10.65.1.1") == []
@@ -271,8 +309,7 @@ def test_setup_is_idempotent_across_agent_restarts(cluster: Cluster) -> None:
     finally:
         events = monitor.stop()
     assert events == []
-    after = sh("ip", "netns", "exec", n1.ns, "tc", "filter", "show", "dev", "tunl0", "egress")
-    assert after == filters  # same program id: nothing re-attached
+    assert hook_programs(n1.ns) == attached  # same programs, same links: nothing re-attached
 
 
 def test_tunnel_address_change_and_upgrade_keep_traffic(cluster: Cluster) -> None:
@@ -285,11 +322,16 @@ def test_tunnel_address_change_and_upgrade_keep_traffic(cluster: Cluster) -> Non
     # and the filters are swapped; old pins go.
     newer = cluster.lab.tmp / "ipip-newer.o"
     newer.write_bytes(cluster.obj.read_bytes() + b"\0")  # same code, different hash
-    upgraded = another_backend(n1, newer)
+    upgraded = another_backend(n1, newer, attach=cluster.attach)
+    links = {p.hook: p.link_id for p in hook_programs(n1.ns)}
     changes = upgraded.ensure_device(MTU, "10.65.1.3")
     assert any(c.startswith("loaded ") for c in changes)
     assert "copied 1 allowlist entries" in " ".join(changes)
-    assert sum(c.startswith("attached ") for c in changes) == 2
+    # tcx: the program inside each link is swapped (same links); tc: filters replaced in place.
+    swap = "swapped program" if cluster.attach == "tcx" else "attached "
+    assert sum(c.startswith(swap) for c in changes) == 2, changes
+    assert {p.hook: p.link_id for p in hook_programs(n1.ns)} == links
+    assert sorted(ours(n1.ns)) == expected(cluster.attach)
     assert sum(c.startswith("unpinned ") for c in changes) == 1
     assert len(list(n1.pin_dir.glob("ipip-*"))) == 1
     assert ping(n1.pod_ns, POD_IP[2])
@@ -339,7 +381,7 @@ def test_an_object_the_kernel_refuses_falls_back_to_the_next(
     other = tmp_path / "ipip-next.o"
     other.write_bytes(cluster.obj.read_bytes() + b"\0\0")  # same code, a new version
     nodes = {IPv4Address(NODE_IP[2])}
-    fallback = another_backend(n1, refused, other)
+    fallback = another_backend(n1, refused, other, attach=cluster.attach)
     fallback.set_known_nodes(nodes)
     changes = fallback.ensure_device(MTU, "10.65.1.3")
     assert any(c.startswith(f"loaded {other.name} into") for c in changes), changes
@@ -349,3 +391,66 @@ def test_an_object_the_kernel_refuses_falls_back_to_the_next(
     assert fallback.ensure_device(MTU, "10.65.1.3") == []
     assert fallback.known_nodes() == nodes
     n1.ipip = fallback
+
+
+def test_switching_the_attach_type_keeps_traffic_flowing(cluster: Cluster) -> None:
+    """tc -> tcx -> tc (or the reverse) under a ping flood: the new attachment is made before
+    the old one goes, so no packet meets a hook without the program."""
+    if not tcx.supported():
+        pytest.skip("this kernel has no tcx (Linux 6.6+)")
+    n1 = cluster.nodes[1]
+    other: AttachMode = "tc" if cluster.attach == "tcx" else "tcx"
+    nodes = {IPv4Address(NODE_IP[2])}
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", n1.pod_ns, "ping", "-q", "-c", "600", "-i", "0.002",
+         "-W", "1", POD_IP[2]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        for attach in (other, cluster.attach):
+            switched = another_backend(n1, cluster.obj, attach=attach)
+            switched.set_known_nodes(nodes)
+            changes = switched.ensure_device(MTU, "10.65.1.3")
+            # Per hook: the new attachment, then the old one gone.
+            new, gone = (
+                ("(tcx link)", "removed tc filter")
+                if attach == "tcx"
+                else ("attached ipip_", "detached the tcx link")
+            )
+            assert sum(new in c for c in changes) == 2, changes
+            assert sum(c.startswith(gone) for c in changes) == 2, changes
+            assert sorted(ours(n1.ns)) == expected(attach)
+            assert switched.ensure_device(MTU, "10.65.1.3") == []
+            n1.ipip = switched
+            time.sleep(0.3)
+    finally:
+        out, _ = flood.communicate(timeout=30)
+    assert " 600 received" in out and " 0% packet loss" in out, out
+
+
+def test_decap_passes_other_traffic_on_to_the_next_filter(cluster: Cluster) -> None:
+    """Traffic that is not IPIP for this node goes on to whatever runs after ipip_decap on
+    the uplink (TC_ACT_UNSPEC, not TC_ACT_OK, which would end the hook): here a tc filter at a
+    later preference mirrors ICMP to a veth, whose peer counts what arrives."""
+    n1, n2 = cluster.nodes[1], cluster.nodes[2]
+    n2_tc = ("ip", "netns", "exec", n2.ns, "tc")
+    cluster.lab.ip(n2.ns, "link", "add", "mir0", "type", "veth", "peer", "name", "mir1")
+    cluster.lab.ip(n2.ns, "link", "set", "mir0", "up")
+    cluster.lab.ip(n2.ns, "link", "set", "mir1", "up")
+    if cluster.attach == "tcx":  # a tc filter needs the clsact qdisc tortie does not need
+        sh(*n2_tc, "qdisc", "replace", "dev", "eth0", "clsact")
+    sh(*n2_tc, "filter", "add", "dev", "eth0", "ingress", "pref", "200", "protocol", "ip",
+       "u32", "match", "ip", "protocol", "1", "0xff",
+       "action", "mirred", "egress", "mirror", "dev", "mir0")  # fmt: skip
+    rx = "/sys/class/net/mir1/statistics/rx_packets"
+    try:
+        before = int(sh("ip", "netns", "exec", n2.ns, "cat", rx))
+        for _ in range(3):
+            assert ping(n1.ns, NODE_IP[2])  # node to node: plain ICMP on n2's uplink
+        mirrored = int(sh("ip", "netns", "exec", n2.ns, "cat", rx)) - before
+        assert mirrored >= 3, mirrored
+        assert ping(n1.pod_ns, POD_IP[2])  # and IPIP is still decapsulated
+    finally:
+        sh(*n2_tc, "filter", "del", "dev", "eth0", "ingress", "pref", "200", check=False)
+        cluster.lab.ip(n2.ns, "link", "del", "mir0")

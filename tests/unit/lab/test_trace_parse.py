@@ -12,6 +12,7 @@ from tortie.lab.trace_parse import (
     parse_map_name,
     parse_neighbours,
     parse_nft_table,
+    parse_node_bpf,
     parse_prog_map_ids,
     parse_route_get,
     parse_routes,
@@ -201,6 +202,14 @@ def test_tc_and_bpftool() -> None:
     )
     assert parse_tc_bpf(tc) == [("ipip_decap", 1251)]
     assert parse_tc_bpf("") == []
+    # `tortie node bpf -o json`: tcx links and tc filters, in run order.
+    node_bpf = (
+        '[{"dev":"eth0","hook":"ingress","attach":"tcx","prog_id":12,"name":"ipip_decap",'
+        '"link_id":3,"pref":0},{"dev":"eth0","hook":"ingress","attach":"tc","prog_id":14,'
+        '"name":"other","link_id":0,"pref":200}]'
+    )
+    assert parse_node_bpf(node_bpf) == [("ipip_decap", 12), ("other", 14)]
+    assert parse_node_bpf("") == [] and parse_node_bpf('{"error": 1}') == []
     assert parse_prog_map_ids('{"id":1251,"name":"ipip_decap","map_ids":[619,620,618]}') == [
         619,
         620,

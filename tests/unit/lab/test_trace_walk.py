@@ -6,6 +6,7 @@ one answer changed, so each test shows which single fact of the kernel the verdi
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -191,6 +192,56 @@ def test_decapsulation_drops_a_source_missing_from_the_bpf_allowlist() -> None:
     assert decap.verdict == "drop" and decap.data["member"] is False
 
 
+def _attached_by_tcx(recording: dict[str, Any]) -> dict[str, Any]:
+    """The recording as a kernel 6.6+ lab shows it: ``tc filter show`` lists nothing (tortie's
+    programs are tcx links), ``tortie node bpf`` lists them."""
+    out = copy.deepcopy(recording)
+    for key in [k for k in out["commands"] if " tc -j filter show dev " in k]:
+        place, rest = key.split(" ", 1)
+        dev, hook = rest.split()[-2:]
+        programs = [
+            {"dev": dev, "hook": hook, "attach": "tcx", "prog_id": e["options"]["prog"]["id"],
+             "name": e["options"]["prog"]["name"], "link_id": 7, "pref": 0}
+            for e in out["commands"][key][1]
+            if "options" in e
+        ]  # fmt: skip
+        out["commands"][key] = (True, [])
+        node_bpf = f"{place} tortie node bpf --dev {dev} --hook {hook} -o json"
+        out["commands"][node_bpf] = (True, programs)
+    return out
+
+
+def test_programs_attached_as_tcx_links_are_found_by_tortie_node_bpf() -> None:
+    tcx_lab = _attached_by_tcx(IPIP)
+    runner = replay(tcx_lab)
+    result = trace(lab_of(tcx_lab), "pod1", "pod2", runner=runner)
+    assert result.delivered and result.reply is not None and result.reply.outcome == "delivered"
+    encap = next(s for s in hop(result.request, "node1").steps if s.kind == "encap")
+    asked = [" ".join(e.argv) for e in encap.evidence]
+    assert asked == [
+        "tc -j filter show dev tunl0 egress",
+        "tortie node bpf --dev tunl0 --hook egress -o json",
+    ]
+    decap = next(s for s in hop(result.request, "node2").steps if s.kind == "decap")
+    assert decap.data["allowlist"] == [NODE1]
+    assert any(e.argv[0] == "tortie" for e in decap.evidence)
+    # With tc filters (the recording as made), tortie node bpf is not asked.
+    plain = replay(IPIP)
+    trace(lab_of(IPIP), "pod1", "pod2", runner=plain)
+    assert not any(" tortie " in k for k in plain.asked)
+
+
+def test_tunl0_without_the_encap_program_goes_nowhere() -> None:
+    key = "node1 tc -j filter show dev tunl0 egress"
+    broken = with_answers(IPIP, {key: (True, [])})
+    broken["commands"]["node1 tortie node bpf --dev tunl0 --hook egress -o json"] = (True, [])
+    result = run(broken)
+    assert result.request.outcome == "dropped"
+    last = result.request.hops[-1].steps[-1]
+    assert last.verdict == "drop" and "neither an ipip device" in last.summary
+    assert [e.argv[0] for e in last.evidence] == ["tc", "tortie"]
+
+
 def test_no_proxy_arp_no_gateway() -> None:
     key = "node1 sysctl -n net.ipv4.conf.calice0906292e2.proxy_arp"
     result = run(with_answers(IPIP, {key: (True, "0")}))
@@ -264,7 +315,7 @@ def test_the_trace_only_lists_and_looks_up() -> None:
     runner = replay(IPIP)
     trace(lab_of(IPIP), "pod1", "pod2", runner=runner)
     verbs = {tuple(k.split()[1:4]) for k in runner.asked}
-    allowed_heads = {"ip", "nft", "tc", "bpftool", "sysctl", "bridge"}
+    allowed_heads = {"ip", "nft", "tc", "bpftool", "sysctl", "bridge", "tortie"}
     assert {v[0] for v in verbs} <= allowed_heads
     for key in runner.asked:
         words = key.split()[1:]
