@@ -6,9 +6,10 @@ Problem: the host kernel has no ipip module, so the dataplane bench can only com
 IPIP with the hand-wired native path, and its throughput figures move by 20 % from run to run
 on this shared host. This bench boots a qemu guest with Debian's backports kernel (6.12: it
 has the ipip module and the kfuncs ``bpf/build/ipip.o`` uses) and moves a fixed number of bytes
-pod to pod over four node pairs in it (``bench/ipip_cost_guest.py``): the hand-wired native
+pod to pod over five node pairs in it (``bench/ipip_cost_guest.py``): the hand-wired native
 path (``ideal``), the ipip module (Calico's IPIP, tortie's ``kernel`` backend), and tortie's
-tc-BPF backend with ``ipip.o`` and with ``ipip-compat.o``. A TCG plugin
+tc-BPF backend with ``ipip.o`` attached as tcx links (what 6.6+ gets) and as tc filters, and
+with ``ipip-compat.o``. A TCG plugin
 (``bench/qemu/insncount.c``) counts the instructions the guest executes between markers around
 each transfer (``bench/qemu/xfer.c``): a cost per byte that does not depend on the host's load.
 
@@ -48,12 +49,13 @@ QEMU_DIR = BENCH / "qemu"
 GUEST_SCRIPT = BENCH / "ipip_cost_guest.py"
 RESULT_MARK = "TORTIE-COST-RESULT "
 INSN_LINE = re.compile(r"^TORTIE-INSN (\d+) (\d+)$", re.MULTILINE)
-PATHS = ("ideal", "kernel", "bpf", "bpf-compat")
+PATHS = ("ideal", "kernel", "bpf", "bpf-tc", "bpf-compat")
 LABELS = {
     "ideal": "ideal pod path (hand-wired, native)",
     "kernel": "IPIP, ipip module (Calico's; tortie's kernel backend)",
-    "bpf": "IPIP, tortie tc-BPF (ipip.o)",
-    "bpf-compat": "IPIP, tortie tc-BPF (ipip-compat.o, for kernels < 6.2)",
+    "bpf": "IPIP, tortie tc-BPF (ipip.o, tcx links: kernels 6.6+)",
+    "bpf-tc": "IPIP, tortie tc-BPF (ipip.o, tc filters: kernels 6.2-6.5)",
+    "bpf-compat": "IPIP, tortie tc-BPF (ipip-compat.o, tc filters: kernels < 6.2)",
 }
 
 Log = Callable[[str], None]
@@ -138,9 +140,11 @@ def _spread(values: Sequence[float]) -> dict[str, float] | None:
 
 def summarize(counted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per path: the spread of each count, and of its per-round ratios to ``ideal`` (and to
-    ``kernel``, the ipip module, for the tc-BPF paths)."""
+    ``kernel``, the ipip module, for the tc-BPF paths; ``bpf``'s tcx links to ``bpf-tc``'s tc
+    filters)."""
     ideal = {r["round"]: r for r in counted if r["path"] == "ideal"}
     module = {r["round"]: r for r in counted if r["path"] == "kernel"}
+    tc_filters = {r["round"]: r for r in counted if r["path"] == "bpf-tc"}
     rows = []
     for path in [p for p in PATHS if any(r["path"] == p for r in counted)]:
         mine = [r for r in counted if r["path"] == path]
@@ -161,6 +165,14 @@ def summarize(counted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         r["insn_per_mb"] / module[r["round"]]["insn_per_mb"]
                         for r in mine
                         if path.startswith("bpf") and r["round"] in module
+                    ]
+                ),
+                # tcx links against tc filters, the same object (the classifier layer's cost).
+                "tc_ratio": _spread(
+                    [
+                        r["insn_per_mb"] / tc_filters[r["round"]]["insn_per_mb"]
+                        for r in mine
+                        if path == "bpf" and r["round"] in tc_filters
                     ]
                 ),
                 "all_ratio": _spread(

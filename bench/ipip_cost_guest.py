@@ -1,4 +1,4 @@
-"""Run INSIDE the qemu guest (``bench/ipip_cost.py`` boots it): pod-to-pod transfers over four
+"""Run INSIDE the qemu guest (``bench/ipip_cost.py`` boots it): pod-to-pod transfers over five
 node pairs, each bracketed by instruction-count markers.
 
 Problem: on the host, IPIP can only be measured against the hand-wired path, never against the
@@ -12,8 +12,11 @@ The pairs, each in namespaces of its own (``c<k>n1``, ``c<k>n2``, pods ``c<k>p1`
 - ``ideal``: the pods wired Calico-style (``cali`` veth, /32, proxy ARP; the same function the
   CNI plugin uses), the remote block routed natively: ``<block> via <node> dev eth0``;
 - ``kernel``: tortie's ``kernel`` backend, a real ipip ``tunl0``;
-- ``bpf``: tortie's tc-BPF backend with ``bpf/build/ipip.o`` (outer destination from the route);
-- ``bpf-compat``: the same with ``ipip-compat.o`` (two FIB lookups per packet, for kernels < 6.2).
+- ``bpf``: tortie's tc-BPF backend with ``bpf/build/ipip.o`` (outer destination from the route),
+  attached as the agent attaches it on this kernel: tcx links (6.6+);
+- ``bpf-tc``: the same attached as tc filters (cls_bpf), as on kernels 6.2-6.5;
+- ``bpf-compat``: ``ipip-compat.o`` (two FIB lookups per packet) with tc filters, as on kernels
+  before 6.2 (which have neither the kfuncs nor tcx).
 
 The three IPIP pairs get the agent's own routes (``compute_routes``, ipipMode Always) and pod
 MTU 1480; ``ideal`` keeps 1500, as the hand-wired reference on the host does.
@@ -54,7 +57,7 @@ from tortie.dataplane.netns import ensure_sysctls
 from tortie.dataplane.routetable import RouteTable
 from tortie.dataplane.workload import configure_workload_interface
 
-PATHS = ("ideal", "kernel", "bpf", "bpf-compat")
+PATHS = ("ideal", "kernel", "bpf", "bpf-tc", "bpf-compat")
 POOL = IPv4Network("10.65.0.0/16")
 NODE_IP = {1: "192.168.49.2", 2: "192.168.49.3"}
 BLOCK = {1: "10.65.1.0/26", 2: "10.65.2.0/26"}
@@ -92,7 +95,7 @@ def make_marker() -> Callable[[], None]:
 def backend_for(path: str, nl: Pyroute2Netlink, ns: str, i: int) -> IPIPBackend:
     if path == "kernel":
         return KernelIPIP(nl)
-    build = "ipip.o" if path == "bpf" else "ipip-compat.o"
+    build = "ipip-compat.o" if path == "bpf-compat" else "ipip.o"
     return BpfIPIP(
         nl,
         node_ip=IPv4Address(NODE_IP[i]),
@@ -100,6 +103,7 @@ def backend_for(path: str, nl: Pyroute2Netlink, ns: str, i: int) -> IPIPBackend:
         pin_dir=Path(f"/tmp/pins/{ns}"),
         netns=ns,
         bpf_object=BPF_BUILD / build,
+        attach="auto" if path == "bpf" else "tc",
     )
 
 

@@ -547,6 +547,13 @@ def render_ipip_cost(ic: dict[str, Any]) -> str:
             f"{'n/a' if ideal else _ratio(row['all_ratio'])} | "
             f"{_count(row.get('skb_bytes'), 1e3, 1)} | {_count(row['mbit_s'], 1.0, 0)} |"
         )
+    tcx = next((row.get("tc_ratio") for row in ic["rows"] if row["path"] == "bpf"), None)
+    if tcx:
+        rows += [
+            "",
+            f"tcx links against tc filters (`bpf` / `bpf-tc`, instructions per byte, paired by "
+            f"round): {_ratio(tcx)}.",
+        ]
     return "\n".join(
         [
             f"Command: `{ic['command']}` ({ic['rounds']} rounds, {ic['bytes'] / 1e6:.0f} MB per "

@@ -79,9 +79,11 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
                 for run in runs:
                     assert 0 < run["cpu_busy_s"] <= (os.cpu_count() or 1) * 10, run
                     assert run["cpu_s_per_gb"] > 0, run
-    # The guest's four paths were each counted, and the bpf pair loaded the kfunc build.
+    # The guest's five paths were each counted, and the bpf pairs loaded the kfunc build: as
+    # tcx links (the 6.12 guest has tcx) and as tc filters.
     cost = raw["ipip_cost"]
-    assert [r["path"] for r in cost["rows"]] == ["ideal", "kernel", "bpf", "bpf-compat"]
+    paths = ["ideal", "kernel", "bpf", "bpf-tc", "bpf-compat"]
+    assert [r["path"] for r in cost["rows"]] == paths
     assert all(r["insn_per_mb"]["median"] > 0 for r in cost["rows"])
     # Every path copies the same bytes to and from user memory: its rep-string iterations per
     # byte must agree (a plugin that counted wrongly, or a transfer that moved other bytes,
@@ -90,3 +92,7 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     assert all(2.5 < c < 3.5 for c in copies), copies
     assert max(copies) / min(copies) < 1.05, copies
     assert any(c.startswith("loaded ipip.o into") for c in cost["backends"]["bpf"])
+    assert any(c.endswith("(tcx link)") for c in cost["backends"]["bpf"]), cost["backends"]
+    assert not any("tcx" in c for c in cost["backends"]["bpf-tc"]), cost["backends"]
+    tcx = next(r for r in cost["rows"] if r["path"] == "bpf")["tc_ratio"]
+    assert tcx is not None and 0.8 < tcx["median"] < 1.1, tcx

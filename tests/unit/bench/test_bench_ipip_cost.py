@@ -63,11 +63,26 @@ def test_tc_bpf_paths_are_also_put_against_the_ipip_module_of_the_same_round() -
     counted = [
         {"path": p, "round": r, "insn_per_mb": cost * (r + 1), "copy_per_mb": 0.0, "mbit_s": 1.0}
         for r in (0, 1)
-        for p, cost in (("ideal", 1.0), ("kernel", 1.25), ("bpf", 1.125), ("bpf-compat", 1.25))
+        for p, cost in (
+            ("ideal", 1.0),
+            ("kernel", 1.25),
+            ("bpf", 1.125),
+            ("bpf-tc", 1.25),
+            ("bpf-compat", 1.25),
+        )
     ]
     rows = {r["path"]: r for r in ipip_cost.summarize(counted)}
     assert rows["bpf"]["module_ratio"] == {"median": 0.9, "min": 0.9, "max": 0.9, "n": 2}
     assert rows["bpf-compat"]["module_ratio"]["median"] == 1.0
+    # tcx links against tc filters: only the bpf row, paired by round.
+    assert rows["bpf"]["tc_ratio"] == {"median": 0.9, "min": 0.9, "max": 0.9, "n": 2}
+    assert rows["bpf-tc"]["tc_ratio"] is None and rows["ideal"]["tc_ratio"] is None
+    text = report.render_ipip_cost(
+        {"command": "c", "rounds": 2, "bytes": 1e6, "kernel": "6.12", "seconds": 1,
+         "rows": list(rows.values())}
+    )  # fmt: skip
+    assert "tcx links against tc filters (`bpf` / `bpf-tc`" in text
+    assert "): 0.900 (0.900-0.900)." in text
 
 
 def test_render_shows_every_path_and_says_what_the_counts_are_not() -> None:
