@@ -133,6 +133,35 @@ def test_bpf_backend_refuses_foreign_tunl0(tmp_path: Path) -> None:
         ipip.ensure_device(1480)
 
 
+def test_bpf_attach_type_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: tcx where the kernel has it, else tc filters; tcx asked of a kernel without it is
+    an error that says what to do; the mode is passed through make_ipip_backend."""
+    from tortie.dataplane import tcx
+
+    def backend(attach: str) -> BpfIPIP:
+        return BpfIPIP(FakeNetlink(), node_ip=NODE, uplink="eth0", pin_dir=tmp_path, attach=attach)  # type: ignore[arg-type]
+
+    for has_tcx, attach, how in (
+        (True, "auto", "tcx"),
+        (False, "auto", "tc"),
+        (True, "tc", "tc"),
+        (False, "tc", "tc"),
+        (True, "tcx", "tcx"),
+    ):
+        monkeypatch.setattr(tcx, "supported", lambda netns=None, v=has_tcx: v)
+        assert backend(attach).attach_how() == how, (has_tcx, attach)
+    monkeypatch.setattr(tcx, "supported", lambda netns=None: False)
+    with pytest.raises(IPIPError, match=r"no tcx \(Linux 6.6\+\); use --bpf-attach-type tc"):
+        backend("tcx").attach_how()
+    with pytest.raises(ValueError, match="attach must be one of auto, tcx, tc"):
+        backend("tcX")
+    made, _ = make_ipip_backend(
+        "bpf", FakeNetlink(), node_ip=NODE, uplink="eth0", pin_dir=tmp_path, bpf_attach="tc"
+    )
+    assert isinstance(made, BpfIPIP) and made.attach == "tc"
+    assert made.link_path("ipip_encap") == tmp_path / "tcx-ipip_encap"
+
+
 def test_bpf_counter_order_matches_the_c_enum() -> None:
     source = (Path(__file__).resolve().parents[3] / "bpf" / "ipip.c").read_text()
     enum = source.split("enum {", 1)[1].split("};", 1)[0]
