@@ -14,7 +14,8 @@ the CNI plugin can use the stdlib-only helpers without paying for pyroute2):
 - ``routetable``: RouteTable, Felix-style reconciler (deltas, mark-and-sweep, grace period).
 - ``ipip`` / ``ipip_kernel`` / ``ipip_bpf``: the IPIPBackend protocol, the ipip-module and
   tc-BPF backends, and make_ipip_backend(auto|kernel|bpf).
-- ``bpfsys`` (bpf(2) via ctypes), ``bpffs`` (pin filesystem), ``tc`` (filter attach).
+- ``bpfsys`` (bpf(2) via ctypes), ``bpffs`` (pin filesystem), ``tc`` (filter attach),
+  ``tcx`` (tcx link attach, kernel 6.6+), ``bpfhooks`` (what runs on every tc hook, both kinds).
 - ``workload``: host-side sysctls/MTU of ``cali*`` interfaces.
 - ``vxlan``: VXLANManager: the ``vxlan.calico`` device, remote VTEP FDB/neighbour entries.
 - ``nftables`` / ``nft_exec``: NftablesManager: tortie's own nft table (IPIP/VXLAN allowlist,
