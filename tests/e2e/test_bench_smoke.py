@@ -62,7 +62,9 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         "**Memory and idle CPU per node**",
         "**CPU per byte**",
         "IPIP, ipip module (Calico's; tortie's kernel backend)",
-        "IPIP, tortie tc-BPF (ipip.o)",
+        "IPIP, tortie tc-BPF (ipip.o, tcx links",
+        "IPIP, tortie tc-BPF (ipip.o, tc filters",
+        "tcx links against tc filters (`bpf` / `bpf-tc`",
     ):
         assert figure in md, figure
     assert "## Problems in this run" not in md

@@ -24,9 +24,13 @@ Hazards: the ifindex of ``BPF_LINK_CREATE`` and ``BPF_PROG_QUERY`` is resolved i
 thread's network namespace, so both run through :func:`~tortie.dataplane.netns.run_in_netns`;
 a link's info carries an ifindex but no namespace, which is why every node pins its links in its
 own directory. A device that is deleted leaves its link pinned but defunct (ifindex 0): the next
-:func:`ensure_link` replaces it, :func:`remove_link` just unpins it. A program returning
-``TC_ACT_OK`` ends the hook for everything behind it, tcx and tc alike: programs that only look
-at some packets return ``TC_ACT_UNSPEC`` (``TCX_NEXT``) for the rest.
+:func:`ensure_link` replaces it, :func:`remove_link` just unpins it. A link lives only as long
+as its pin (nobody else holds it): a bpffs that goes away (unmounted, or mounted in a private
+mount namespace that has ended: see :mod:`tortie.dataplane.bpffs`) takes the link with it and
+the program stops at once, where a tc filter keeps its own reference and runs on; the agent's
+next pass attaches again. A program returning ``TC_ACT_OK`` ends the hook for everything
+behind it, tcx and tc alike: programs that only look at some packets return
+``TC_ACT_UNSPEC`` (``TCX_NEXT``) for the rest.
 """
 
 from __future__ import annotations
