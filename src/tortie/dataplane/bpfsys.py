@@ -75,9 +75,6 @@ def attr(fmt: str, *values: int) -> ctypes.Array[ctypes.c_char]:
     return buf
 
 
-_attr = attr
-
-
 def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
     return ctypes.addressof(buf) if buf is not None else 0
 
@@ -85,12 +82,12 @@ def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
 def obj_get(path: str | os.PathLike[str]) -> int:
     """An fd for a pinned map or program (the caller closes it)."""
     encoded = ctypes.create_string_buffer(os.fsencode(path))
-    return bpf(BPF_OBJ_GET, _attr("=QII", ctypes.addressof(encoded), 0, 0))
+    return bpf(BPF_OBJ_GET, attr("=QII", ctypes.addressof(encoded), 0, 0))
 
 
 def _info(fd: int, size: int) -> bytes:
     info = ctypes.create_string_buffer(size)
-    bpf(BPF_OBJ_GET_INFO_BY_FD, _attr("=IIQ", fd, size, ctypes.addressof(info)))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr("=IIQ", fd, size, ctypes.addressof(info)))
     return info.raw
 
 
@@ -102,22 +99,27 @@ def info(fd: int, size: int) -> bytes:
 def obj_pin(fd: int, path: str | os.PathLike[str]) -> None:
     """Pin the object behind ``fd`` at ``path`` (in a bpffs); the pin holds a reference."""
     encoded = ctypes.create_string_buffer(os.fsencode(path))
-    bpf(BPF_OBJ_PIN, _attr("=QII", ctypes.addressof(encoded), fd, 0))
+    bpf(BPF_OBJ_PIN, attr("=QII", ctypes.addressof(encoded), fd, 0))
+
+
+def prog_id_of(fd: int) -> int:
+    """The kernel id of the program behind ``fd``."""
+    # struct bpf_prog_info: __u32 type; __u32 id; ...
+    return int(struct.unpack_from("=II", _info(fd, 64))[1])
 
 
 def prog_id(path: str | os.PathLike[str]) -> int:
     """The kernel id of a pinned program (what ``tc filter show`` reports as ``id``)."""
     fd = obj_get(path)
     try:
-        # struct bpf_prog_info: __u32 type; __u32 id; ...
-        return int(struct.unpack_from("=II", _info(fd, 64))[1])
+        return prog_id_of(fd)
     finally:
         os.close(fd)
 
 
 def prog_name(prog_id: int) -> str:
     """The name of the loaded program with kernel id ``prog_id`` ("" if it has none)."""
-    fd = bpf(BPF_PROG_GET_FD_BY_ID, _attr("=I", prog_id))
+    fd = bpf(BPF_PROG_GET_FD_BY_ID, attr("=I", prog_id))
     try:
         # struct bpf_prog_info: ... char name[BPF_OBJ_NAME_LEN] at offset 64.
         return _info(fd, 96)[64:80].split(b"\0", 1)[0].decode(errors="replace")
@@ -183,7 +185,7 @@ class PinnedMap:
         kbuf = self._key(key)
         vbuf = ctypes.create_string_buffer(self._value_len)
         try:
-            bpf(BPF_MAP_LOOKUP_ELEM, _attr("=IIQQQ", self.fd, 0, _addr(kbuf), _addr(vbuf), 0))
+            bpf(BPF_MAP_LOOKUP_ELEM, attr("=IIQQQ", self.fd, 0, _addr(kbuf), _addr(vbuf), 0))
         except OSError as exc:
             if exc.errno == 2:  # ENOENT
                 return None
@@ -197,13 +199,13 @@ class PinnedMap:
             )
         kbuf = self._key(key)
         vbuf = ctypes.create_string_buffer(value, len(value))
-        bpf(BPF_MAP_UPDATE_ELEM, _attr("=IIQQQ", self.fd, 0, _addr(kbuf), _addr(vbuf), flags))
+        bpf(BPF_MAP_UPDATE_ELEM, attr("=IIQQQ", self.fd, 0, _addr(kbuf), _addr(vbuf), flags))
 
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; False if it was not there."""
         kbuf = self._key(key)
         try:
-            bpf(BPF_MAP_DELETE_ELEM, _attr("=IIQQQ", self.fd, 0, _addr(kbuf), 0, 0))
+            bpf(BPF_MAP_DELETE_ELEM, attr("=IIQQQ", self.fd, 0, _addr(kbuf), 0, 0))
         except OSError as exc:
             if exc.errno == 2:
                 return False
@@ -218,7 +220,7 @@ class PinnedMap:
             try:
                 bpf(
                     BPF_MAP_GET_NEXT_KEY,
-                    _attr("=IIQQQ", self.fd, 0, _addr(current), _addr(nxt), 0),
+                    attr("=IIQQQ", self.fd, 0, _addr(current), _addr(nxt), 0),
                 )
             except OSError as exc:
                 if exc.errno == 2:  # ENOENT: past the last key

@@ -165,16 +165,12 @@ def _why(exc: OSError, what: str) -> str:
     return f"{what}: {exc.strerror}"
 
 
-def _create(prog_path: Path, ifindex: int, direction: Direction, netns: NetnsRef) -> int:
-    """A new tcx link for the pinned program (the caller closes the fd)."""
-    prog_fd = bpfsys.obj_get(prog_path)
-    try:
-        # union bpf_attr.link_create: prog_fd, target_ifindex, attach_type, flags,
-        # tcx { relative_fd, (pad), expected_revision }: all zero appends to the hook.
-        attr = bpfsys.attr("=IIII", prog_fd, ifindex, ATTACH_TYPE[direction], 0)
-        return run_in_netns(netns, lambda: bpfsys.bpf(BPF_LINK_CREATE, attr))
-    finally:
-        os.close(prog_fd)
+def _create(prog_fd: int, ifindex: int, direction: Direction, netns: NetnsRef) -> int:
+    """A new tcx link running ``prog_fd``'s program (the caller closes the link's fd)."""
+    # union bpf_attr.link_create: prog_fd, target_ifindex, attach_type, flags,
+    # tcx { relative_fd, (pad), expected_revision }: all zero appends to the hook.
+    attr = bpfsys.attr("=IIII", prog_fd, ifindex, ATTACH_TYPE[direction], 0)
+    return run_in_netns(netns, lambda: bpfsys.bpf(BPF_LINK_CREATE, attr))
 
 
 def ensure_link(
@@ -190,8 +186,27 @@ def ensure_link(
 
     Returns what changed (None: it already did), naming the device ``dev`` if given. Never
     detaches a working link to re-attach it: a program change is an atomic swap in the link."""
-    want = bpfsys.prog_id(prog_path)
     what = f"{dev or f'ifindex {ifindex}'} {direction}"
+    prog_fd = bpfsys.obj_get(prog_path)
+    try:
+        return _ensure_link(
+            link_path, prog_fd, ifindex, direction, netns=netns, name=prog_path.name, what=what
+        )
+    finally:
+        os.close(prog_fd)
+
+
+def _ensure_link(
+    link_path: Path,
+    prog_fd: int,
+    ifindex: int,
+    direction: Direction,
+    *,
+    netns: NetnsRef,
+    name: str,
+    what: str,
+) -> str | None:
+    want = bpfsys.prog_id_of(prog_fd)
     try:
         fd = bpfsys.obj_get(link_path)
     except FileNotFoundError:
@@ -204,12 +219,8 @@ def ensure_link(
             if info.attached_to(ifindex, direction):
                 if info.prog_id == want:
                     return None
-                prog_fd = bpfsys.obj_get(prog_path)
-                try:
-                    # link_update: link_fd, new_prog_fd, flags, old_prog_fd.
-                    bpfsys.bpf(BPF_LINK_UPDATE, bpfsys.attr("=IIII", fd, prog_fd, 0, 0))
-                finally:
-                    os.close(prog_fd)
+                # link_update: link_fd, new_prog_fd, flags, old_prog_fd.
+                bpfsys.bpf(BPF_LINK_UPDATE, bpfsys.attr("=IIII", fd, prog_fd, 0, 0))
                 return f"swapped program {info.prog_id} -> {want} on {what} (tcx link)"
             _detach(fd)  # defunct, or another device's: this pin is ours to replace
         except OSError as exc:
@@ -218,9 +229,9 @@ def ensure_link(
             os.close(fd)
         os.unlink(link_path)
     try:
-        new = _create(prog_path, ifindex, direction, netns)
+        new = _create(prog_fd, ifindex, direction, netns)
     except OSError as exc:
-        raise TcxError(_why(exc, f"attach {prog_path.name} to {what}")) from exc
+        raise TcxError(_why(exc, f"attach {name} to {what}")) from exc
     try:
         bpfsys.obj_pin(new, link_path)
     except OSError as exc:
@@ -228,7 +239,7 @@ def ensure_link(
         raise TcxError(_why(exc, f"pin the link at {link_path}")) from exc
     finally:
         os.close(new)
-    return f"attached {prog_path.name} to {what} (tcx link)"
+    return f"attached {name} to {what} (tcx link)"
 
 
 def _detach(link_fd: int) -> None:
