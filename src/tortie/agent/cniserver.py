@@ -9,18 +9,30 @@ agent, does the work: IPAM by handle ``<network>.<containerID>``, the kernel plu
 Verbs:
 - ADD: assign (or reuse the handle's) address, wire the pod, write the endpoint. Any failure
   undoes all of it (host veth deleted, which takes the pod side and routes with it; address
-  released) before the error is returned.
+  released) before the error is returned. Refused before any change (IPAM included): a
+  namespace that is the node's own or not a network namespace (code 4, CNI_NETNS is invalid);
+  an interface of the requested name in the pod that is not provably this container's (code
+  103; the spec: "if an interface of the requested name already exists in the container, the
+  plugin MUST return with an error"); a host interface of our name that another pod's endpoint
+  names (103).
 - DEL: idempotent; "not found" is success. Deletes the host veth only if it is this
   container's (its endpoint names this container, or the host routes this handle's address
-  through it), which takes the pod end with it; otherwise a veth left in the pod's namespace.
-  Releases the handle, and deletes the endpoint only if it names this container: a late DEL
-  for an old sandbox of a pod never touches the live sandbox's endpoint or interface (same
-  pod name, same ``cali`` name).
-- CHECK: compares the kernel, IPAM and the endpoint with the prevResult.
+  through it), which takes the pod end with it; otherwise a veth left in the pod's namespace,
+  only if provably this pod's (see :meth:`CniServer._not_ours`). Releases the handle, and
+  deletes the endpoint only if it names this container: a late DEL for an old sandbox of a pod
+  never touches the live sandbox's endpoint or interface (same pod name, same ``cali`` name).
+  A DEL into the node's own namespace is refused like ADD; one whose namespace is gone, or
+  no longer a namespace (an unmounted pin is an empty file), does the host side only.
+- CHECK: compares the kernel, IPAM and the endpoint with the prevResult (namespace refused
+  as for ADD).
 - GC: DEL for every attachment of this network on this node missing from the runtime's list.
 - STATUS: datastore reachable and a pool with free addresses for this node.
 
 Invariants:
+- Whose is it: an interface is replaced or deleted only when the endpoint records, the kernel's
+  veth peering and IPAM together prove it this pod's; the judgement is made on what
+  :meth:`Wiring.inspect` saw, and only the inspected ifindex is removed.
+- The pod's namespace is opened once per request; all work goes through that open file.
 - One pod at a time: requests for one pod (same host interface name) are serialised; other
   pods proceed in parallel. IPAM writes on this node are serialised by one lock: they would
   only collide on the same block's compare-and-swap and retry, which is slower than waiting.
@@ -56,6 +68,10 @@ from dataclasses import dataclass
 from tortie.agent.wiring import (
     GATEWAY,
     HOST_MAC,
+    Existing,
+    InterfaceTakenError,
+    NetnsRefusedError,
+    PodInterface,
     PodLink,
     Wiring,
     WiringError,
@@ -173,7 +189,11 @@ def _failure_of(exc: BaseException) -> CniCodeError:
     """The CNI code and message for an exception raised while serving a request."""
     if isinstance(exc, CniCodeError):
         return exc
+    if isinstance(exc, NetnsRefusedError):
+        return CniCodeError(Code.INVALID_ENVIRONMENT, f"invalid CNI_NETNS: {exc}")
     if isinstance(exc, WiringError):
+        if isinstance(exc, InterfaceTakenError):
+            return CniCodeError(Code.INTERFACE_EXISTS, str(exc))
         if exc.step.startswith("open the pod's network namespace"):
             return CniCodeError(Code.UNKNOWN_CONTAINER, str(exc))
         return CniCodeError(Code.KERNEL_FAILURE, f"the kernel refused: {exc}")
@@ -469,21 +489,25 @@ class CniServer:
     def _add(self, req: CniRequest) -> CniResponse:
         if not req.netns:
             raise CniCodeError(Code.INVALID_ENVIRONMENT, "ADD needs CNI_NETNS")
-        if not os.path.exists(req.netns):
-            raise CniCodeError(
-                Code.UNKNOWN_CONTAINER, f"the pod's network namespace {req.netns} does not exist"
-            )
         pod = self._pod_of(req)
         requested = _requested_ips(req.ips)
         mtu = req.mtu or self.mtu()
-        with self._adding_container(pod.container_id), self._pod_locks.hold(pod.host_ifname):
+        with (
+            self._adding_container(pod.container_id),
+            self._pod_locks.hold(pod.host_ifname),
+            self.wiring.open_pod_netns(req.netns) as netns,
+        ):
+            assert netns is not None
+            # Judge what is in the way before taking an address: a refusal changes nothing.
+            existing = self.wiring.inspect(netns, pod.ifname, pod.host_ifname)
+            self._may_replace(pod, existing, req.netns)
             ip = self._address_for(pod, req, requested)
             try:
-                link = PodLink(pod.host_ifname, pod.ifname, req.netns, ip, mtu)
-                mac = self.wiring.attach(link)
+                link = PodLink(pod.host_ifname, pod.ifname, netns, ip, mtu)
+                mac = self.wiring.attach(link, existing)
                 self.resources.apply([self._endpoint(pod, req.network, mac, ip)])
             except BaseException as exc:
-                self._undo_add(pod, req.netns, exc)
+                self._undo_add(pod, netns, exc)
                 raise
         result = {
             "interfaces": [
@@ -495,6 +519,80 @@ class CniServer:
             "dns": {},
         }
         return CniResponse(result=result)
+
+    def _may_replace(self, pod: _Pod, existing: Existing, netns: str) -> None:
+        """Raise INTERFACE_EXISTS unless what ``existing`` found is this pod's to replace.
+        (The common ADD finds nothing and reads no endpoint.)"""
+        if existing.pod_side is not None:
+            stored = self._stored_endpoint(pod)
+            wep = None if stored is None else stored[1]
+            why = self._not_ours(pod, existing.pod_side, wep)
+            if why is not None:
+                raise CniCodeError(
+                    Code.INTERFACE_EXISTS,
+                    f"the pod's namespace {netns} already has an interface {pod.ifname}: {why}",
+                    "CNI forbids replacing it. Give another CNI_IFNAME, or the right CNI_NETNS "
+                    "(each sandbox has its own namespace)",
+                )
+            return  # the pod side's peer is our host interface: it goes with it
+        if existing.host_index is not None:
+            why = self._host_side_taken(pod)
+            if why is not None:
+                raise CniCodeError(
+                    Code.INTERFACE_EXISTS,
+                    f"the host interface {pod.host_ifname} already exists: {why}",
+                    "not replaced; delete that endpoint (or that pod) first",
+                )
+
+    def _not_ours(self, pod: _Pod, iface: PodInterface, wep: WorkloadEndpoint | None) -> str | None:
+        """Why the interface ``pod.ifname`` found in the pod is not this pod's to replace or
+        delete (None: it is).
+
+        It is this pod's when it is a veth whose peer is our host interface (the name is the
+        pod's: only an attempt for this pod makes it) and no endpoint gives it to another
+        container: the endpoint of this pod naming another container, with this interface's
+        MAC or address, is that container's live interface (the same pod name claimed for a
+        new container in the old one's namespace). An endpoint of another container whose
+        interface is not this one is stale (its veth was replaced), so this is an unfinished
+        attempt: ours to replace.
+        """
+        if iface.kind != "veth":
+            return f"a {iface.kind or 'link of unknown kind'} that tortie did not make"
+        if iface.peer != pod.host_ifname:
+            where = (
+                f"host interface {iface.peer}" if iface.peer else "an interface not on this node"
+            )
+            return f"a veth whose other end is {where}, not {pod.host_ifname} (another pod's)"
+        if wep is not None and wep.spec.container_id != pod.container_id:
+            theirs = {ipaddress.ip_interface(n).ip for n in wep.spec.ip_networks}
+            mine = {ipaddress.ip_address(a) for a in iface.addresses}
+            if (wep.spec.mac or "").lower() == iface.mac or theirs & mine:
+                return (
+                    f"it belongs to container {wep.spec.container_id} "
+                    f"(endpoint {wep.metadata.namespace}/{wep.metadata.name})"
+                )
+        return None
+
+    def _host_side_taken(self, pod: _Pod) -> str | None:
+        """Why the existing host interface ``pod.host_ifname`` is not this pod's to replace.
+
+        Calico replaces it (same pod name, an earlier sandbox), and so do we when the pod's
+        own endpoint names it or no endpoint does (an unfinished attempt); never when another
+        pod's endpoint names it. Only reached when the interface exists, so the list is rare.
+        """
+        mine = (pod.namespace, pod.wep_name)
+        for other in self.resources.list(WorkloadEndpoint):
+            key = (other.metadata.namespace, other.metadata.name)
+            if (
+                key != mine
+                and other.spec.node == self.node
+                and other.spec.interface_name == pod.host_ifname
+            ):
+                return (
+                    f"it is the interface of endpoint {key[0]}/{key[1]} "
+                    f"(container {other.spec.container_id}), another pod"
+                )
+        return None
 
     @contextlib.contextmanager
     def _adding_container(self, container_id: str) -> Iterator[None]:
@@ -571,7 +669,7 @@ class CniServer:
         log.warning("ADD %s failed (%s); undoing it", pod.container_id, cause)
         steps: list[tuple[str, Callable[[], object]]] = [
             ("delete the host interface", lambda: self.wiring.detach_host_side(pod.host_ifname)),
-            ("delete the pod interface", lambda: self.wiring.detach_pod_side(netns, pod.ifname)),
+            ("delete the pod interface", lambda: self._detach_peer_of_ours(pod, netns)),
             ("release the address", self._release(pod)),
         ]
         for what, step in steps:
@@ -579,6 +677,14 @@ class CniServer:
                 step()
             except Exception:
                 log.exception("undo ADD %s: cannot %s", pod.container_id, what)
+
+    def _detach_peer_of_ours(self, pod: _Pod, netns: str) -> bool:
+        """Delete the pod's interface only if its peer is our host interface (deleting the
+        host end usually took it already)."""
+        found = self.wiring.inspect(netns, pod.ifname, pod.host_ifname).pod_side
+        if found is None or found.kind != "veth" or found.peer != pod.host_ifname:
+            return False
+        return self.wiring.detach_pod_side(netns, pod.ifname, found.index)
 
     def _release(self, pod: _Pod) -> Callable[[], object]:
         def release() -> object:
@@ -594,19 +700,33 @@ class CniServer:
         Kernel first, then IPAM, then the endpoint: a DEL interrupted anywhere is finished by
         the runtime's retry, and the endpoint (which says whose the interface is) goes last.
         """
-        with self._pod_locks.hold(pod.host_ifname):
+        with (
+            self._pod_locks.hold(pod.host_ifname),
+            contextlib.ExitStack() as stack,
+        ):
             if keep is not None and keep():
                 return False
-            seen = self._endpoint_kv(pod)
+            # Refuses the node's own namespace before anything changes; None: no namespace
+            # given, or it is gone.
+            ns = (
+                stack.enter_context(self.wiring.open_pod_netns(netns, gone_ok=True))
+                if netns
+                else None
+            )
+            stored = self._stored_endpoint(pod)
+            seen = stored if stored is not None and self._names_us(pod, stored[1]) else None
             # Deleting the host end deletes the pod end too: one kernel deletion (~10 ms of
             # RCU synchronisation each), and no thread entering the pod's namespace.
             removed = self._owns_host_side(pod, seen is not None) and (
                 self.wiring.detach_host_side(pod.host_ifname)
             )
-            if netns and not removed:
-                # A veth left in the pod whose host end is not ours to judge by name: an
-                # older sandbox's, or an ADD that failed half-way.
-                self.wiring.detach_pod_side(netns, pod.ifname)
+            if ns is not None and not removed:
+                # A veth left in the pod whose host end we did not delete: an ADD that died
+                # half-way. Deleted only if provably this pod's, never by name alone.
+                found = self.wiring.inspect(ns, pod.ifname, pod.host_ifname).pod_side
+                wep = None if stored is None else stored[1]
+                if found is not None and self._not_ours(pod, found, wep) is None:
+                    self.wiring.detach_pod_side(ns, pod.ifname, found.index)
             self._release(pod)()
             if seen is not None:
                 self._delete_endpoint(pod, seen)
@@ -631,17 +751,25 @@ class CniServer:
             and any(self.wiring.routes_to(ip) == pod.host_ifname for ip in v4)
         )
 
-    def _endpoint_kv(self, pod: _Pod) -> tuple[KeyValue, WorkloadEndpoint] | None:
-        """The pod's stored endpoint if it names this container (None: absent, another's)."""
+    def _stored_endpoint(self, pod: _Pod) -> tuple[KeyValue, WorkloadEndpoint] | None:
+        """The pod's stored endpoint, whichever container it names (None: absent)."""
         kv = self.store.get(resource_key(WorkloadEndpoint.KIND, pod.wep_name, pod.namespace))
         if kv is None:
             return None
         try:
-            wep = self.resources.decode(WorkloadEndpoint, kv)
+            return kv, self.resources.decode(WorkloadEndpoint, kv)
         except CorruptResourceError as exc:
             log.warning("ignoring an unreadable endpoint: %s", exc)
             return None
-        return (kv, wep) if wep.spec.container_id == pod.container_id else None
+
+    @staticmethod
+    def _names_us(pod: _Pod, wep: WorkloadEndpoint) -> bool:
+        return wep.spec.container_id == pod.container_id
+
+    def _endpoint_kv(self, pod: _Pod) -> tuple[KeyValue, WorkloadEndpoint] | None:
+        """The pod's stored endpoint if it names this container (None: absent, another's)."""
+        stored = self._stored_endpoint(pod)
+        return stored if stored is not None and self._names_us(pod, stored[1]) else None
 
     def _endpoint_of(self, pod: _Pod) -> WorkloadEndpoint | None:
         seen = self._endpoint_kv(pod)
@@ -669,13 +797,15 @@ class CniServer:
         pod = self._pod_of(req)
         if req.prev_result is None:
             raise CniCodeError(Code.INVALID_NETWORK_CONFIG, "CHECK needs prevResult")
-        if not req.netns or not os.path.exists(req.netns):
-            raise CniCodeError(
-                Code.UNKNOWN_CONTAINER, f"the pod's network namespace {req.netns} does not exist"
-            )
+        if not req.netns:
+            raise CniCodeError(Code.UNKNOWN_CONTAINER, "CHECK needs the pod's CNI_NETNS")
         ip = _our_address(req.prev_result, pod)
-        with self._pod_locks.hold(pod.host_ifname):
-            problems = self.wiring.check(PodLink(pod.host_ifname, pod.ifname, req.netns, ip, 0))
+        with (
+            self._pod_locks.hold(pod.host_ifname),
+            self.wiring.open_pod_netns(req.netns) as netns,
+        ):
+            assert netns is not None
+            problems = self.wiring.check(PodLink(pod.host_ifname, pod.ifname, netns, ip, 0))
             if ip not in self.ipam.addresses_for_handle(pod.handle):
                 problems.append(f"IPAM does not hold {ip} for handle {pod.handle}")
             wep = self._endpoint_of(pod)

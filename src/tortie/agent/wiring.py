@@ -16,12 +16,24 @@ network namespaces). What Calico builds, and so what we build:
   writes it: the agent's route table, which owns protocol 80, replaces it when it programs
   the pod itself, and never mistakes it for a stale route of its own).
 
+Whose interface is it? A pod's namespace comes from the runtime (``CNI_NETNS``) and may be
+wrong or hostile: the node's own namespace, a file that is no namespace, or another pod's
+namespace. :meth:`Wiring.open_pod_netns` opens it once, refuses the first two by identity (not
+by path), and the work goes through that open file. Before ADD replaces anything,
+:meth:`Wiring.inspect` reports what is there: an interface of the requested name in the pod
+(its kind, MAC, addresses, and, proven by ifindex *and* netns id both ways, the host-side name
+of its veth peer) and a host interface of our name. The caller judges whose they are (it has
+the endpoint records); :meth:`Wiring.attach` then removes exactly what was judged, by ifindex.
+The kernel facts this relies on are in docs/cni-namespaces.md.
+
 Invariants:
 - Each call opens its own pyroute2 sockets in the thread that uses them and closes them
   before returning: pyroute2 0.9 binds a socket per calling thread, so sharing one across
   the server's request threads would leak a socket per thread. Opening one costs ~2 ms.
 - Work in another namespace runs in a short-lived thread that entered it
   (:func:`tortie.dataplane.netns.run_in_netns`); the calling thread never changes namespace.
+- Nothing in a pod's namespace is deleted by name alone, only the ifindex that was inspected
+  and judged; a host interface is replaced only as judged (:meth:`Wiring.attach`).
 - :meth:`Wiring.attach` does not undo on failure; the caller removes the host side (deleting
   one end of a veth deletes the other and the routes through it), which also cleans up after
   a crash. Every removal treats "already gone" as success.
@@ -42,7 +54,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tortie.dataplane.netns import NetnsRef, read_sysctls, run_in_netns
+from tortie.dataplane.netns import (
+    OWN_NETNS,
+    NetnsId,
+    NetnsRef,
+    NotANetnsError,
+    fd_path,
+    netns_identity,
+    netns_path,
+    open_netns,
+    read_sysctls,
+    run_in_netns,
+)
 from tortie.dataplane.workload import (
     WORKLOAD_PREFIX,
     configure_workload_interface,
@@ -58,6 +81,8 @@ SCOPE_LINK = 253
 MAIN_TABLE = 254
 IFF_UP = 0x1
 DEFAULT_IFNAME = "eth0"
+NSID_NOT_ASSIGNED = 0xFFFFFFFF  # NETNSA_NSID_NOT_ASSIGNED (-1) as pyroute2 decodes it
+INIT_NETNS = "/proc/1/ns/net"  # the machine's own namespace (PID 1's), when visible
 
 
 def host_ifname(container_id: str, ifname: str, pod_namespace: str | None, pod: str | None) -> str:
@@ -79,6 +104,33 @@ class WiringError(Exception):
         super().__init__(f"{step}: {detail}")
         self.step = step
         self.code = code
+
+
+class NetnsRefusedError(WiringError):
+    """The pod's namespace is one no pod may have: the node's own, or not a network namespace."""
+
+
+class InterfaceTakenError(WiringError):
+    """An interface with one of our names appeared after it was inspected: not ours to delete."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodInterface:
+    """An interface already in the pod's namespace under the requested name."""
+
+    index: int
+    kind: str | None  # "veth", "bridge", ... (None: the kernel gave no kind)
+    mac: str
+    addresses: tuple[str, ...]  # its IPv4 addresses
+    peer: str | None  # the host-side name of its veth peer, if the peer is in the node's namespace
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """What is in the way of an ADD (:meth:`Wiring.inspect`); nothing is removed until judged."""
+
+    pod_side: PodInterface | None = None
+    host_index: int | None = None  # ifindex of the host interface with our name, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,42 +197,128 @@ class Wiring:
     def _host(self, fn: Callable[[], T]) -> T:
         return run_in_netns(self.host_netns, fn)
 
+    # -- the pod's namespace -----------------------------------------------------------------
+    def own_namespaces(self) -> set[NetnsId]:
+        """Namespaces no pod may be given: the one the host side lives in, this process's
+        (they differ in a lab), and the machine's init namespace."""
+        own = {netns_identity(self.host_netns), netns_identity(None)}
+        with contextlib.suppress(OSError):
+            own.add(netns_identity(INIT_NETNS))
+        return own
+
+    @contextlib.contextmanager
+    def open_pod_netns(self, path: str, *, gone_ok: bool = False) -> Iterator[str | None]:
+        """Open the pod's namespace ``path`` once and yield a path to that open namespace (use
+        it for all the work: ``path`` itself may be re-pointed meanwhile).
+
+        Raises :class:`NetnsRefusedError` if it is the node's own namespace (however named) or
+        not a network namespace, and a :class:`WiringError` with ENOENT if nothing is there.
+        With ``gone_ok`` (DEL), a missing path or one that is no namespace yields None: an
+        unmounted namespace pin is an empty file, and DEL must still finish; the node's own
+        namespace is refused all the same.
+        """
+        try:
+            fd, ident = open_netns(path)
+        except FileNotFoundError:
+            if gone_ok:
+                yield None
+                return
+            raise WiringError(
+                "open the pod's network namespace", f"{path} does not exist", errno.ENOENT
+            ) from None
+        except NotANetnsError as exc:
+            if gone_ok:
+                yield None
+                return
+            raise NetnsRefusedError(
+                "open the pod's network namespace",
+                f"{path} is not a network namespace ({exc.strerror}); CNI_NETNS must name the "
+                "pod's namespace (/proc/<pid>/ns/net or /run/netns/<name>)",
+                errno.EINVAL,
+            ) from None
+        except OSError as exc:
+            raise WiringError(
+                "open the pod's network namespace", f"{path}: {exc.strerror}", exc.errno or 0
+            ) from exc
+        try:
+            if ident in self.own_namespaces():
+                raise NetnsRefusedError(
+                    "open the pod's network namespace",
+                    f"{path} is the node's own network namespace"
+                    f"{f' ({self.host_netns})' if self.host_netns else ''}, not a pod's: "
+                    "wiring a pod there would replace the node's routes and interfaces. The "
+                    "runtime passed the wrong CNI_NETNS; give the pod's own namespace",
+                    errno.EINVAL,
+                )
+            yield fd_path(fd)
+        finally:
+            os.close(fd)
+
+    def inspect(self, netns: str, ifname: str, host_ifname: str) -> Existing:
+        """What an ADD of (``host_ifname``, ``ifname`` in ``netns``) would be replacing."""
+        with contextlib.ExitStack() as stack:
+            # Both namespaces as fds, opened in this thread: each side asks the kernel for the
+            # other's netns id (RTM_GETNSID), which is how a veth names its peer's namespace.
+            host_fd = os.open(netns_path(self.host_netns) or OWN_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+            stack.callback(os.close, host_fd)
+            pod_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            stack.callback(os.close, pod_fd)
+            found = _in_netns(netns, lambda: _inspect_pod_side(ifname, host_fd))
+
+            def host_side() -> tuple[int | None, str | None]:
+                with _ipr(f"inspect {host_ifname}") as ipr:
+                    peer = None if found is None else _peer_name(ipr, found, pod_fd)
+                    return _index(ipr, host_ifname), peer
+
+            host_index, peer = self._host(host_side)
+        if found is None:
+            return Existing(host_index=host_index)
+        return Existing(pod_side=_PodFacts.interface(found, peer), host_index=host_index)
+
     # -- ADD ---------------------------------------------------------------------------------
-    def attach(self, link: PodLink) -> str:
-        """Build the attachment; return the pod side's MAC. Raises :class:`WiringError`."""
-        self._clear_pod_side(link.netns, link.ifname)
-        self._create_veth(link)
+    def attach(self, link: PodLink, existing: Existing | None = None) -> str:
+        """Build the attachment, first removing what ``existing`` found (the caller judged it
+        this container's to replace); return the pod side's MAC. Raises :class:`WiringError`,
+        also if something else took the names since it was inspected."""
+        existing = existing or Existing()
+        if existing.pod_side is not None:
+            self._remove_pod_side(link.netns, link.ifname, existing.pod_side.index)
+        self._create_veth(link, existing.host_index)
         self._configure_host(link)
         mac = _in_netns(link.netns, lambda: self._configure_pod_side(link))
         self._host_route(link)
         return mac
 
-    def _clear_pod_side(self, netns: str, ifname: str) -> None:
-        """A veth called ``ifname`` left in the pod by an earlier attempt is ours to replace;
-        anything else with that name is not, and ADD must fail."""
-
+    def _remove_pod_side(self, netns: str, ifname: str, index: int) -> None:
         def work() -> None:
-            with _ipr(f"clear {ifname} in the pod") as ipr:
-                index = _index(ipr, ifname)
-                if index is None:
-                    return
-                if _link_info(ipr, index)["kind"] != "veth":
-                    raise WiringError(
-                        f"create {ifname} in the pod",
-                        f"the pod already has an interface {ifname} that is not a veth",
+            with _ipr(f"replace {ifname} in the pod") as ipr:
+                now = _index(ipr, ifname)
+                if now is None:
+                    return  # went with its host end
+                if now != index:
+                    raise InterfaceTakenError(
+                        f"replace {ifname} in the pod",
+                        f"another interface {ifname} appeared meanwhile; not ours to delete",
                         errno.EEXIST,
                     )
-                ipr.link("del", index=index)
+                _delete_link(ipr, index)
 
         _in_netns(netns, work)
 
-    def _create_veth(self, link: PodLink) -> None:
+    def _create_veth(self, link: PodLink, replaceable: int | None = None) -> None:
         def work() -> None:
             with _ipr(f"create veth {link.host_ifname}/{link.ifname}") as ipr:
                 stale = _index(ipr, link.host_ifname)
                 if stale is not None:
-                    # Same pod name, earlier sandbox (or an earlier attempt): Calico replaces it.
-                    ipr.link("del", index=stale)
+                    # Same pod name, earlier sandbox (or an earlier attempt): Calico replaces
+                    # it, once the caller has judged it this pod's (``replaceable``).
+                    if stale != replaceable:
+                        raise InterfaceTakenError(
+                            f"create {link.host_ifname}",
+                            f"{link.host_ifname} already exists and is not this pod's to replace",
+                            errno.EEXIST,
+                        )
+                    _delete_link(ipr, stale)
                 ipr.link(
                     "add",
                     ifname=link.host_ifname,
@@ -239,15 +377,15 @@ class Wiring:
         self._host(work)
 
     # -- DEL ---------------------------------------------------------------------------------
-    def detach_pod_side(self, netns: str, ifname: str) -> bool:
-        """Delete the pod's ``ifname`` (a veth) if the namespace and it exist."""
+    def detach_pod_side(self, netns: str, ifname: str, index: int) -> bool:
+        """Delete the pod's ``ifname`` if it is still the interface ``index`` that was
+        inspected and judged (a newer one of that name is left alone)."""
         if not netns or not os.path.exists(netns):
             return False
 
         def work() -> bool:
             with _ipr(f"delete {ifname} in the pod") as ipr:
-                index = _index(ipr, ifname)
-                if index is None or _link_info(ipr, index)["kind"] != "veth":
+                if _index(ipr, ifname) != index:
                     return False
                 return _delete_link(ipr, index)
 
@@ -362,6 +500,74 @@ class Wiring:
             if ("0.0.0.0", 0, GATEWAY) not in routes:
                 out.append(f"the pod has no route default via {GATEWAY} dev {name}")
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _PodFacts:
+    """What the pod's namespace says about its interface; the peer is resolved on the host."""
+
+    index: int
+    kind: str | None
+    mac: str
+    addresses: tuple[str, ...]
+    peer_index: int | None  # IFLA_LINK: the peer's ifindex, in the peer's namespace
+    peer_in_host: bool  # IFLA_LINK_NETNSID is the id the pod's namespace has for the host's
+
+    def interface(self, peer: str | None) -> PodInterface:
+        return PodInterface(self.index, self.kind, self.mac, self.addresses, peer)
+
+
+def _inspect_pod_side(ifname: str, host_fd: int) -> _PodFacts | None:
+    """Run in the pod's namespace: the facts about ``ifname`` (None: no such interface)."""
+    with _ipr(f"inspect {ifname} in the pod") as ipr:
+        index = _index(ipr, ifname)
+        if index is None:
+            return None
+        link = ipr.get_links(index)[0]
+        info = _link_info(ipr, index)
+        addresses = tuple(
+            str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index, family=2)
+        )
+        link_nsid = link.get_attr("IFLA_LINK_NETNSID")
+        host_nsid = _nsid(ipr, host_fd)
+        return _PodFacts(
+            index=index,
+            kind=info["kind"],
+            mac=str(info["mac"]).lower(),
+            addresses=addresses,
+            peer_index=link.get_attr("IFLA_LINK"),
+            peer_in_host=link_nsid is not None and host_nsid is not None and link_nsid == host_nsid,
+        )
+
+
+def _peer_name(ipr: Any, pod: _PodFacts, pod_fd: int) -> str | None:
+    """Run in the host's namespace: the name of ``pod``'s veth peer if it lives here.
+
+    ifindexes are per namespace (a pod's eth0 and a host's cali are often both 2), so the peer
+    is proven both ways: the pod side points at this namespace and this ifindex, and the host
+    interface points back at the pod's namespace and the pod side's ifindex."""
+    if pod.kind != "veth" or not pod.peer_in_host or pod.peer_index is None:
+        return None
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    pod_nsid = _nsid(ipr, pod_fd)
+    if pod_nsid is None:
+        return None
+    try:
+        host = ipr.get_links(pod.peer_index)[0]
+    except NetlinkError:  # ENODEV: no interface with that index here
+        return None
+    if host.get_attr("IFLA_LINK") != pod.index or host.get_attr("IFLA_LINK_NETNSID") != pod_nsid:
+        return None
+    return str(host.get_attr("IFLA_IFNAME"))
+
+
+def _nsid(ipr: Any, fd: int) -> int | None:
+    """The id the current namespace has for the namespace open as ``fd`` (None: none yet, so
+    no interface here has a peer there)."""
+    answer = ipr.get_netnsid(fd=fd)
+    nsid = None if answer is None else answer.get("nsid")
+    return None if nsid is None or nsid == NSID_NOT_ASSIGNED else int(nsid)
 
 
 def _delete_link(ipr: Any, index: int) -> bool:

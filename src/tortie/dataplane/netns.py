@@ -11,6 +11,14 @@ Invariants: the calling thread never changes namespace; nothing here creates a n
 typo in a name is an error, not a new empty namespace: pyroute2's own ``netns=`` argument
 creates missing ones); ``None`` means "the caller's own namespace" and runs inline.
 
+Identity: a namespace is its nsfs inode, not its path. ``/run/netns/node1``, ``/proc/<pid>/ns/net``
+of a process in it and any bind mount of it are one namespace; ``(st_dev, st_ino)`` of the file
+tells (:func:`netns_identity`, as ``ip netns identify`` compares). A path given by someone else
+(a CNI runtime's ``CNI_NETNS``) is opened once with :func:`open_netns`, which checks that it is
+a network namespace at all (``NS_GET_NSTYPE``), and the work then goes through that open file
+(:func:`fd_path`): the path can be re-pointed meanwhile without us following it. The facts:
+docs/cni-namespaces.md.
+
 Hazards: ``ip netns exec`` also remounts ``/sys``, which hides a bpffs mounted under
 ``/sys/fs/bpf``. We only switch the network namespace, never the mount namespace, so pinned BPF
 paths stay visible; a subprocess started from inside :func:`run_in_netns` inherits the network
@@ -20,6 +28,8 @@ namespace only (this is how ``tc`` is run for another namespace).
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import functools
 import os
 import threading
@@ -34,6 +44,17 @@ NetnsRef = str | os.PathLike[str] | None
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h (4.11+): the CLONE_NEW* type of an nsfs fd
+# The calling thread's own namespace (/proc/self is the process's main thread: not the same
+# thing once a thread has called setns).
+OWN_NETNS = "/proc/thread-self/ns/net"
+
+NetnsId = tuple[int, int]  # (st_dev, st_ino) of the namespace's nsfs file
+
+
+class NotANetnsError(OSError):
+    """A path that exists but is not a network namespace (a regular file, another kind of
+    namespace)."""
 
 
 def netns_path(ns: NetnsRef) -> str | None:
@@ -44,6 +65,41 @@ def netns_path(ns: NetnsRef) -> str | None:
     if "/" in text:
         return text
     return f"{NETNS_RUN_DIR}/{text}"
+
+
+def netns_identity(ns: NetnsRef) -> NetnsId:
+    """Which namespace ``ns`` is (None: the calling thread's); raises OSError if it is gone.
+
+    A named namespace's identity is read from its bind mount, without entering it."""
+    st = os.stat(netns_path(ns) or OWN_NETNS)
+    return (st.st_dev, st.st_ino)
+
+
+def open_netns(path: str) -> tuple[int, NetnsId]:
+    """Open the network namespace at ``path``: its fd (the caller closes it) and identity.
+
+    Raises FileNotFoundError if nothing is there and :class:`NotANetnsError` if what is there
+    is not a network namespace (``setns`` would fail with EINVAL, after the caller may have
+    done other work)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError as exc:  # ENOTTY: not an nsfs file at all
+            raise NotANetnsError(errno.EINVAL, f"not a namespace file: {exc.strerror}") from None
+        if kind != CLONE_NEWNET:
+            raise NotANetnsError(errno.EINVAL, f"a namespace of another kind ({kind:#x})")
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, (st.st_dev, st.st_ino)
+
+
+def fd_path(fd: int) -> str:
+    """A path for an open file that resolves to that file, not to where it was opened from
+    (``/proc/self/fd`` is the process's fd table, the same in every thread)."""
+    return f"/proc/self/fd/{fd}"
 
 
 @functools.cache

@@ -65,6 +65,9 @@ class Code:
     NO_ADDRESS = 100  # IPAM could not provide the address(es): exhausted, no pool, in use
     KERNEL_FAILURE = 101  # the kernel refused an interface, address, route or sysctl change
     CHECK_FAILED = 102  # CHECK found the pod's networking not as ADD left it
+    # ADD: the pod already has an interface of the requested name that is not this container's
+    # (the spec: the plugin MUST return an error; it names no code for it).
+    INTERFACE_EXISTS = 103
     INTERNAL = 999  # a bug (the CNI library's "internal error" code)
 
 

@@ -154,11 +154,13 @@ class CniLab:
             **extra,
         }
 
-    def env(self, command: str, cid: str, netns: str | None, pod: str | None) -> dict[str, str]:
+    def env(
+        self, command: str, cid: str, netns: str | None, pod: str | None, ifname: str = "eth0"
+    ) -> dict[str, str]:
         env = {
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": cid,
-            "CNI_IFNAME": "eth0",
+            "CNI_IFNAME": ifname,
             "CNI_PATH": str(self.tmp / "bin"),
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         }
@@ -178,6 +180,7 @@ class CniLab:
         config: dict[str, Any] | None = None,
         plugin: str = "tortie",
         in_node: bool = False,
+        ifname: str = "eth0",
     ) -> Outcome:
         """Run an installed plugin as the runtime would (in the node's namespace if asked)."""
         argv = [str(self.tmp / "bin" / plugin)]
@@ -186,7 +189,7 @@ class CniLab:
         proc = subprocess.run(
             argv,
             input=json.dumps(config or self.config()).encode(),
-            env=self.env(command, cid, netns, pod),
+            env=self.env(command, cid, netns, pod, ifname),
             capture_output=True,
             check=False,
             timeout=60,
@@ -209,6 +212,18 @@ class CniLab:
             for link in ip_json(self.node_ns, "link", "show")
             if link["ifname"].startswith("cali")
         )
+
+    def snapshot(self, ns: str) -> dict[str, Any]:
+        """A namespace's interfaces (index, MAC, state), addresses and routes: equal snapshots
+        before and after a call mean the call changed nothing there."""
+        return {
+            "links": sorted(
+                (link["ifname"], link["ifindex"], link.get("address"), tuple(link["flags"]))
+                for link in ip_json(ns, "link", "show")
+            ),
+            "addresses": sorted(self.pod_addresses(ns)),
+            "routes": sorted(json.dumps(r, sort_keys=True) for r in ip_json(ns, "route", "show")),
+        }
 
     def host_routes(self) -> dict[str, str]:
         """Pod /32 routes of the node: destination -> device."""

@@ -191,8 +191,8 @@ def test_add_when_the_pod_has_a_foreign_eth0(lab: CniLab) -> None:
     ns = lab.netns("pf")
     sh("ip", "-n", ns, "link", "add", "eth0", "type", "bridge")
     out = lab.plugin("ADD", "cf", ns, "f")
-    assert out.status == 1 and out.doc["code"] == Code.KERNEL_FAILURE, out.stdout
-    assert "not a veth" in out.doc["msg"]
+    assert out.status == 1 and out.doc["code"] == Code.INTERFACE_EXISTS, out.stdout
+    assert "already has an interface eth0: a bridge" in out.doc["msg"]
     lab.assert_clean()
     assert [link["ifname"] for link in ip_json(ns, "link")] == ["lo", "eth0"]  # not ours: kept
 

@@ -266,6 +266,154 @@ def test_del_with_datastore_down_is_try_again_later(node: Node) -> None:
     assert node.ips("c1") == [] and node.weps() == []
 
 
+# -- whose namespace, whose interface (issue 17, items 5 and 6) ----------------------------------
+
+
+def _msg(resp: CniResponse) -> str:
+    assert resp.error is not None
+    return f"{resp.error.msg} {resp.error.details}"
+
+
+@pytest.mark.parametrize("kind", ["own_netns", "not_netns"])
+def test_add_into_a_refused_namespace_changes_nothing(node: Node, kind: str) -> None:
+    path = node.netns("host")
+    getattr(node.wiring, kind).add(path)
+    resp = node.add(netns=path)
+    assert _code(resp) == Code.INVALID_ENVIRONMENT and "CNI_NETNS" in _msg(resp)
+    assert node.wiring.calls == [] and node.ips("c1") == [] and node.weps() == []
+    assert list(node.ipam.store.blocks()) == []  # not even a block claimed and given back
+    check = node.server.handle(node.req("CHECK", netns=path, prev_result={}))
+    assert _code(check) in (Code.INVALID_ENVIRONMENT, Code.CHECK_FAILED)
+
+
+def test_check_in_the_nodes_namespace_is_refused(node: Node) -> None:
+    result = _ok(node.add()).result
+    node.wiring.own_netns.add(node.netns("host"))
+    resp = node.server.handle(node.req("CHECK", netns=node.netns("host"), prev_result=result))
+    assert _code(resp) == Code.INVALID_ENVIRONMENT
+
+
+def test_del_in_the_nodes_namespace_is_refused_before_any_change(node: Node) -> None:
+    _ok(node.add())
+    links = dict(node.wiring.links)
+    node.wiring.own_netns.add(node.netns("host"))
+    for cid in ("c1", "never-added"):
+        resp = node.server.handle(node.req("DEL", cid, netns=node.netns("host")))
+        assert _code(resp) == Code.INVALID_ENVIRONMENT
+    assert node.wiring.links == links and node.ips("c1") and len(node.weps()) == 1
+    assert [c for c in node.wiring.calls if c.startswith("detach")] == []
+
+
+def test_del_whose_namespace_is_no_longer_one_does_the_host_side(node: Node) -> None:
+    """An unmounted namespace pin is an empty file: DEL must still finish."""
+    _ok(node.add())
+    node.wiring.not_netns.add(node.netns("c1"))
+    _ok(node.server.handle(node.req("DEL", netns=node.netns("c1"))))
+    assert node.wiring.links == {} and node.ips("c1") == [] and node.weps() == []
+
+
+def _victim(node: Node) -> tuple[str, dict[str, Any]]:
+    """c10 (pod p10) in its namespace: its state, to compare after a hostile call."""
+    _ok(node.add("c10", pod="p10"))
+    state = {
+        "links": dict(node.wiring.links),
+        "index": dict(node.wiring.pod_index),
+        "ips": node.ips("c10"),
+        "weps": [w.model_dump() for w in node.weps()],
+    }
+    return node.netns("c10"), state
+
+
+def _intact(node: Node, state: dict[str, Any]) -> None:
+    assert dict(node.wiring.links) == state["links"]
+    assert dict(node.wiring.pod_index) == state["index"]
+    assert node.ips("c10") == state["ips"]
+    assert [w.model_dump() for w in node.weps()] == state["weps"]
+
+
+@pytest.mark.parametrize("pod", ["p12", "p10", None])
+def test_add_into_another_pods_namespace_is_refused(node: Node, pod: str | None) -> None:
+    """Whatever pod name the caller claims, c10's eth0 is not c12's to replace."""
+    netns, state = _victim(node)
+    resp = node.add("c12", pod=pod, netns=netns)
+    assert _code(resp) == Code.INTERFACE_EXISTS
+    assert "already has an interface eth0" in _msg(resp)
+    _intact(node, state)
+    assert node.ips("c12") == []
+
+
+@pytest.mark.parametrize("pod", ["p13", "p10", None])
+def test_del_of_a_never_added_container_spares_the_pod_in_its_namespace(
+    node: Node, pod: str | None
+) -> None:
+    netns, state = _victim(node)
+    _ok(node.server.handle(node.req("DEL", "c13", pod=pod, netns=netns)))
+    _intact(node, state)
+
+
+def test_a_foreign_interface_is_never_replaced_or_deleted(node: Node) -> None:
+    from tortie.agent.wiring import PodInterface
+
+    netns = node.netns("c1")
+    bridge = PodInterface(7, "bridge", "02:00:00:00:00:99", (), None)
+    node.wiring.foreign[(netns, "eth0")] = bridge
+    resp = node.add(netns=netns)
+    assert _code(resp) == Code.INTERFACE_EXISTS and "a bridge" in _msg(resp)
+    _ok(node.server.handle(node.req("DEL", netns=netns)))
+    assert node.wiring.foreign == {(netns, "eth0"): bridge} and node.ips("c1") == []
+
+
+def test_an_unfinished_attempt_of_the_pod_is_replaced(node: Node) -> None:
+    """A veth peered with our host interface and claimed by no endpoint: an ADD that died
+    half-way (the agent killed). The retry replaces it; the endpoint of an older sandbox,
+    whose interface this is not (other MAC and address), does not stop it."""
+    _ok(node.add("old", pod="web-0", netns=node.netns("old")))
+    stale = node.weps()[0]
+    cali = host_ifname("new", "eth0", "web", "web-0")
+    from tortie.agent.wiring import PodLink
+
+    half = PodLink(cali, "eth0", node.netns("new"), ipaddress.IPv4Address("10.244.0.200"), 1480)
+    node.wiring.links[cali] = half  # replaced old's veth, then died
+    node.wiring.pod_index[cali] = 99
+    node.wiring.macs[cali] = "02:00:00:00:00:99"
+    assert stale.spec.container_id == "old"
+    _ok(node.add("new", pod="web-0", netns=node.netns("new")))
+    (wep,) = node.weps()
+    assert wep.spec.container_id == "new"
+    assert node.wiring.links[cali].netns == node.netns("new")
+    assert node.wiring.links[cali].ip == node.ips("new")[0]
+
+
+def test_a_host_interface_named_by_another_pods_endpoint_is_not_replaced(node: Node) -> None:
+    """Calico replaces a host interface of the pod's name (an older sandbox's); never one that
+    another pod's endpoint names (a hash collision, or an endpoint applied by hand)."""
+    cali = host_ifname("c1", "eth0", "web", "web-0")
+    node.wiring.host_only[cali] = 42
+    other = WorkloadEndpoint.from_document(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "WorkloadEndpoint",
+            "metadata": {"name": "node--1-k8s-other-eth0", "namespace": "web"},
+            "spec": {
+                "node": "node-1",
+                "orchestrator": "k8s",
+                "pod": "other",
+                "endpoint": "eth0",
+                "containerID": "c9",
+                "interfaceName": cali,
+                "ipNetworks": ["10.244.0.9/32"],
+            },
+        }
+    )
+    node.resources.apply([other])
+    resp = node.add()
+    assert _code(resp) == Code.INTERFACE_EXISTS and "node--1-k8s-other-eth0" in _msg(resp)
+    assert node.wiring.host_only == {cali: 42} and node.ips("c1") == []
+    node.resources.delete(WorkloadEndpoint, "node--1-k8s-other-eth0", "web")
+    _ok(node.add())  # nobody's: this pod's name, so Calico's replacement applies
+    assert node.wiring.host_only == {} and cali in node.wiring.links
+
+
 # -- CHECK ---------------------------------------------------------------------------------------
 
 
