@@ -16,7 +16,11 @@ Rules (Calico's, see the field notes section 7):
   node's uplink prefix, else through tunl0; ``Never`` (BGP mode): ``via <nodeIP> dev <uplink>``;
 - an address borrowed from a block (allocated to a node other than the block's): a /32 to the
   node that holds it, so it wins over the block route by longest prefix;
-- a local workload: ``<ip>/32 dev <cali...> scope link``.
+- a local workload: ``<ip>/32 dev <cali...> scope link``, only if its interface has the workload
+  prefix (Felix's InterfacePrefix: it programs routes only for interfaces matching it). An
+  endpoint applied by hand with ``interfaceName: eth0`` would otherwise route a pod address
+  over the node's uplink; :func:`is_workload_interface` is the rule, and the agent applies it to
+  its nftables entries and interface sysctls too. Such endpoints are reported in ``ignored``.
 
 Invariants: the result maps each destination to exactly one route (more specific entries are
 separate destinations); prefixes outside every pool are ignored (tortie only routes pod space);
@@ -32,6 +36,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
 
 from tortie.dataplane.routes import RouteSpec
+from tortie.dataplane.workload import WORKLOAD_PREFIX
 
 Mode = Literal["Never", "CrossSubnet", "Always"]
 
@@ -74,10 +79,24 @@ class Workload:
 class DesiredRoutes:
     routes: dict[IPv4Network, RouteSpec] = field(default_factory=dict)
     unroutable: list[str] = field(default_factory=list)  # human-readable reasons
+    ignored: list[str] = field(default_factory=list)  # workloads on interfaces not ours
 
     @property
     def specs(self) -> list[RouteSpec]:
         return list(self.routes.values())
+
+
+def is_workload_interface(name: str, prefix: str = WORKLOAD_PREFIX) -> bool:
+    """Whether the agent may manage ``name`` for a workload: the prefix and something after it
+    (the names tortie's CNI gives, ``cali`` + 11 hex). Never the uplink, ``tunl0``, ``lo``."""
+    return name.startswith(prefix) and len(name) > len(prefix)
+
+
+def ignored_reason(interface: str, prefix: str = WORKLOAD_PREFIX) -> str:
+    return (
+        f"interface {interface!r} does not start with the workload prefix {prefix!r}: "
+        "not managed (no route, anti-spoofing entry or sysctl); fix the endpoint's interfaceName"
+    )
 
 
 def pool_for(prefix: IPv4Network, pools: Sequence[PoolInfo]) -> PoolInfo | None:
@@ -147,5 +166,8 @@ def compute_routes(
             continue
         out.routes[r.prefix] = route
     for w in workloads:
+        if not is_workload_interface(w.interface):
+            out.ignored.append(f"{w.address}: {ignored_reason(w.interface)}")
+            continue
         out.routes[w.address] = RouteSpec.link(w.address, w.interface)
     return out

@@ -47,6 +47,8 @@ from tortie.agent.desired import (
     RemotePrefix,
     Workload,
     compute_routes,
+    ignored_reason,
+    is_workload_interface,
     tunnel_wanted,
     vxlan_wanted,
 )
@@ -63,6 +65,7 @@ from tortie.datastore.resources import ResourceStore
 from tortie.datastore.syncer import Syncer, SyncEvent
 from tortie.errors import TortieError
 from tortie.ipam.client import IPAM
+from tortie.model.resources import WorkloadEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,7 @@ class NodeAgent:
         self._pools_signature: tuple[tuple[str, str, str], ...] | None = None
         self._tunnel_addr: IPv4Address | None = None
         self._configured_ifaces: set[str] = set()
+        self._ignored_endpoints: dict[str, str] = {}  # "ns/name" -> interface not ours
         self._retry_at: float | None = None
         self._extra_pass_at: float | None = None  # e.g. the end of BGP's start-up grace
         self._retry_delay = RETRY_MIN
@@ -303,7 +307,7 @@ class NodeAgent:
             remote = self._bgp_remote(pools, local_blocks + held_borrowed, remote, vteps, node_ips)
         workloads = [
             Workload(IPv4Network(net, strict=False), wep.spec.interface_name)
-            for wep in self.state.local_workloads()
+            for wep in self._local_workloads()
             if wep.spec.interface_name
             for net in wep.spec.ip_networks
             if ":" not in net
@@ -442,7 +446,7 @@ class NodeAgent:
         )
         changes += fw.set_workloads(
             (wep.spec.interface_name, IPv4Interface(net).ip)
-            for wep in self.state.local_workloads()
+            for wep in self._local_workloads()
             if wep.spec.interface_name
             for net in wep.spec.ip_networks
             if ":" not in net
@@ -456,9 +460,7 @@ class NodeAgent:
         only while some wanted interface is not configured yet (a periodic resync forgets
         them all), not on every pass: a dump costs a netlink round trip per pass and node."""
         wanted = {
-            wep.spec.interface_name
-            for wep in self.state.local_workloads()
-            if wep.spec.interface_name
+            wep.spec.interface_name for wep in self._local_workloads() if wep.spec.interface_name
         }
         self._configured_ifaces &= wanted
         if wanted <= self._configured_ifaces:
@@ -475,6 +477,24 @@ class NodeAgent:
             self._configured_ifaces.add(ifname)
             self.routes.on_interface_update(ifname)
         self._configured_ifaces &= present
+
+    def _local_workloads(self) -> list[WorkloadEndpoint]:
+        """This node's endpoints whose interface is ours to manage (routes, nftables entries,
+        sysctls: :func:`tortie.agent.desired.is_workload_interface`, Felix's InterfacePrefix).
+        The others are ignored: logged once each, counted in the status and a gauge."""
+        managed: list[WorkloadEndpoint] = []
+        ignored: dict[str, str] = {}
+        for wep in self.state.local_workloads():
+            name = wep.spec.interface_name
+            if not name or is_workload_interface(name):
+                managed.append(wep)
+                continue
+            key = f"{wep.metadata.namespace}/{wep.metadata.name}"
+            ignored[key] = name
+            if self._ignored_endpoints.get(key) != name:
+                log.warning("workload endpoint %s ignored: %s", key, ignored_reason(name))
+        self._ignored_endpoints = ignored
+        return managed
 
     # -- helpers --------------------------------------------------------------------------
     def host_mtu(self) -> int:
@@ -586,6 +606,7 @@ class NodeAgent:
             "routes_desired": len(self.routes.desired),
             "datastore_revision": self.state.revision,
             "datastore_bad_keys": len(self.state.bad_keys),
+            "workloads_ignored": len(self._ignored_endpoints),
         }
         self.board.publish(
             Health(
@@ -595,7 +616,10 @@ class NodeAgent:
                 detail=self._detail,
                 counters=counters,
                 gauges=gauges,
-                help={"ipip_dropped_unknown_source_total": "IPIP packets from non-node IPs"},
+                help={
+                    "ipip_dropped_unknown_source_total": "IPIP packets from non-node IPs",
+                    "workloads_ignored": "local endpoints whose interface lacks the cali prefix",
+                },
             )
         )
 
@@ -614,6 +638,9 @@ class NodeAgent:
             "tunnel_address": str(self._tunnel_addr) if self._tunnel_addr else None,
             "vxlan_tunnel_address": str(self._vtep) if self._vtep else None,
             "firewall_counters": dict(self._firewall_counters),
+            "ignored_endpoints": {
+                key: ignored_reason(name) for key, name in sorted(self._ignored_endpoints.items())
+            },
             "bgp": (
                 None
                 if self.bgp is None

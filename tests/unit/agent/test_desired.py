@@ -10,6 +10,7 @@ from tortie.agent.desired import (
     RemotePrefix,
     Workload,
     compute_routes,
+    is_workload_interface,
     tunnel_wanted,
 )
 from tortie.dataplane.routes import RouteSpec, RouteType
@@ -98,3 +99,18 @@ def test_vxlan_without_a_known_vtep_is_reported_not_guessed() -> None:
     out = compute_routes(LOCAL, [PoolInfo(POOL, vxlan_mode="Always")], [], remote)
     assert out.routes == {}
     assert "VTEP" in out.unroutable[0]
+
+
+@pytest.mark.parametrize("interface", ["eth0", "tunl0", "lo", "cali", "vxlan.calico", "Cali123"])
+def test_workloads_on_interfaces_without_the_prefix_are_ignored(interface: str) -> None:
+    """Issue 17 item 7: an endpoint applied by hand with interfaceName eth0 got a /32 on the
+    node's uplink. Only ``cali...`` interfaces are managed (Felix's InterfacePrefix)."""
+    pools = [PoolInfo(POOL, ipip_mode="Always")]
+    ours = Workload(IPv4Network("10.244.120.69/32"), "cali0123456789a")
+    theirs = Workload(IPv4Network("10.244.120.70/32"), interface)
+    out = compute_routes(LOCAL, pools, [LOCAL_BLOCK], [], [ours, theirs])
+    assert theirs.address not in out.routes
+    assert str(out.routes[ours.address]) == "10.244.120.69/32 dev cali0123456789a scope link"
+    (reason,) = out.ignored
+    assert reason.startswith("10.244.120.70/32: interface") and repr(interface) in reason
+    assert not is_workload_interface(interface) and is_workload_interface("cali0123456789a")

@@ -439,3 +439,37 @@ def test_links_are_dumped_only_while_a_workload_interface_waits(
     h.now += h.cfg.resync_interval * 1.2
     h.agent.run_once()
     assert dumps and configured == ["cali1234567890a"] * 2
+
+
+def test_an_endpoint_on_a_foreign_interface_is_ignored(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17 item 7: an endpoint applied by hand with interfaceName eth0 (the node's uplink)
+    gets no /32 on it, no anti-spoofing entry, no workload sysctls; it is reported, once."""
+    from tortie.agent import loop
+
+    configured: list[str] = []
+    monkeypatch.setattr(
+        loop, "configure_workload_interface", lambda name: configured.append(name) or []
+    )
+    h.set_mode("Always")
+    h.res.apply(load_documents(WEP_DOC, "wep.yaml"))
+    h.kernel.add_link("cali1234567890a")
+    bad = WEP_DOC.replace("pod1", "pod2").replace("cali1234567890a", "eth0")
+    h.res.apply(load_documents(bad.replace("10.244.3.7", "10.244.3.8"), "bad.yaml"))
+    with caplog.at_level("WARNING", logger="tortie.agent.loop"):
+        h.sync()
+        for _ in range(3):
+            h.agent.state.dirty = True
+            h.agent.run_once()
+    routes = h.routes()
+    assert "10.244.3.8/32" not in routes
+    assert routes["10.244.3.7/32"] == "dev cali1234567890a"
+    assert h.firewall.workloads == {("cali1234567890a", "10.244.3.7")}
+    assert configured == ["cali1234567890a"]
+    warnings = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(warnings) == 1 and "default/node1-k8s-pod2-eth0" in warnings[0]
+    status = h.agent.status()
+    assert list(status["ignored_endpoints"]) == ["default/node1-k8s-pod2-eth0"]  # type: ignore[call-overload]
+    assert "tortie_workloads_ignored 1" in h.agent.board.metrics_text()
+    assert h.agent.board.get().converged  # not a failure to retry: nothing to do
