@@ -299,3 +299,29 @@ def test_del_after_a_half_done_add_removes_its_leftovers(
     assert lab.plugin("DEL", "c21", ns, "p21").status == 0
     lab.assert_clean()
     assert [link["ifname"] for link in ip_json(ns, "link")] == ["lo"]
+
+
+@pytest.mark.parametrize("peer", ["elsewhere", "in the pod", "index twin"])
+def test_a_veth_peered_elsewhere_is_not_ours(lab: CniLab, peer: str) -> None:
+    """The peer is proven by netns id and ifindex both ways, not by name or index alone: a veth
+    whose other end has our host name but lives in a third namespace, one whose ends are both
+    in the pod, and one whose peer in a third namespace has the ifindex of a live host cali."""
+    ns, other = lab.netns("pv"), lab.netns("px")
+    cali = lab.cali("c30", "p30")
+    if peer == "elsewhere":
+        sh("ip", "-n", other, "link", "add", cali, "type", "veth", "peer", "eth0", "netns", ns)
+    elif peer == "in the pod":
+        sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "x0")
+    else:
+        lab.add("c31", lab.netns("pw"), "p31")  # a live host cali on the node
+        (host,) = ip_json(lab.node_ns, "link", "show", "dev", lab.cali("c31", "p31"))
+        sh(
+            *("ip", "-n", other, "link", "add", "y0", "index", str(host["ifindex"])),
+            *("type", "veth", "peer", "eth0", "netns", ns),
+        )
+    before = lab.snapshot(ns)
+    out = lab.plugin("ADD", "c30", ns, "p30")
+    _refused(out, Code.INTERFACE_EXISTS, "already has an interface eth0", "veth")
+    assert lab.plugin("DEL", "c30", ns, "p30").status == 0
+    assert lab.snapshot(ns) == before
+    assert lab.handle_ips("c30") == []
