@@ -50,6 +50,9 @@ class AgentConfig:
     bpf_attach: BpfAttachMode = "auto"  # tcx links (6.6+) or tc filters; auto: tcx if it can
     route_protocol: int = 80
     resync_interval: float = 90.0  # Felix's route refresh interval
+    # Watch the kernel (links, addresses, routes, our nft table) and repair at once; off: only
+    # the periodic resync notices what someone else changed (docs/agent.md).
+    kernel_monitor: bool = True
     cni_grace_period: float = 10.0
     bgp: bool = True  # Calico's "bird" networking backend; False: routes from the datastore
     bgp_hold_time: int = 90  # seconds; a dead node's routes go within this

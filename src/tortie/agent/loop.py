@@ -17,6 +17,12 @@ Design (Felix's, see felix/design/dataplane.md):
 - Periodic resync (jittered +-10%, so a fleet does not resync in lockstep) re-dumps the
   kernel and re-asserts workload sysctls; failures are retried per item with backoff, the
   rest are applied regardless.
+- Between resyncs the kernel monitor (:mod:`tortie.dataplane.monitor`, started by
+  :mod:`tortie.agent.run`) reports link, address, route (and our nft table's) changes; like
+  the syncer it only enqueues, and :meth:`NodeAgent._kernel_changed` turns the facts into
+  targeted repairs: a device that went down or away makes its routes dirty (IPv4 flushes them
+  without a word), a route of ours deleted or replaced is rewritten, a deleted tunnel device
+  is re-created, our nft table is re-read; lost events mean a full resync (docs/agent.md).
 
 Hazards: IPAM calls (tunnel address) write to the datastore from this loop; they happen only
 when the pool set changes or a previous attempt failed, never on every pass.
@@ -56,6 +62,7 @@ from tortie.agent.health import Health, HealthBoard
 from tortie.agent.registration import register_node
 from tortie.agent.state import ClusterState
 from tortie.dataplane.ipip import IPIP_OVERHEAD, IPIPBackend
+from tortie.dataplane.monitor import KernelChanges
 from tortie.dataplane.netlink import Netlink
 from tortie.dataplane.routetable import ApplyResult, RouteTable
 from tortie.dataplane.vxlan import VXLAN_OVERHEAD, RemoteVTEP, vtep_mac_for
@@ -114,6 +121,9 @@ class Counters:
     route_failures: int = 0
     resyncs: int = 0
     dataplane_errors: int = 0
+    kernel_changes: int = 0  # batches from the kernel monitor
+    kernel_repairs: int = 0  # of those, batches that asked for a pass
+    kernel_lost: int = 0  # batches that lost events (full resync)
     values: dict[str, float] = field(default_factory=dict)
 
 
@@ -149,7 +159,7 @@ class NodeAgent:
             cni_grace_period=cfg.cni_grace_period,
             clock=clock,
         )
-        self.events: queue.Queue[SyncEvent | _Nudge] = queue.Queue()
+        self.events: queue.Queue[SyncEvent | _Nudge | KernelChanges] = queue.Queue()
         self.counters = Counters()
         self._backend_factory = backend_factory
         self._backend: IPIPBackend | None = None
@@ -183,6 +193,10 @@ class NodeAgent:
     def on_sync_event(self, event: SyncEvent) -> None:
         """Syncer thread callback: enqueue only."""
         self.events.put(event)
+
+    def on_kernel_changes(self, changes: KernelChanges) -> None:
+        """Kernel monitor thread callback: enqueue only."""
+        self.events.put(changes)
 
     def register(self) -> None:
         register_node(
@@ -564,11 +578,68 @@ class NodeAgent:
             except queue.Empty:
                 return
 
-    def _fold_one(self, event: SyncEvent | _Nudge) -> None:
+    def _fold_one(self, event: SyncEvent | _Nudge | KernelChanges) -> None:
         if isinstance(event, _Nudge):
             self.state.dirty = True
+        elif isinstance(event, KernelChanges):
+            self._kernel_changed(event)
         else:
             self.state.apply(event)
+
+    def _kernel_changed(self, changes: KernelChanges) -> None:
+        """Turn the kernel monitor's facts into repairs; ask for a pass only if one is due.
+
+        Our own writes echo back as events: they match what the route table wants (or touch
+        nothing we watch), so they ask for no pass, and a pass that writes nothing makes no
+        new event: no feedback loop.
+        """
+        self.counters.kernel_changes += 1
+        if changes.lost:
+            log.info("kernel monitor: %s; resyncing routes, devices and nftables", changes.lost)
+            self.counters.kernel_lost += 1
+            self.routes.queue_resync()
+            self._configured_ifaces.clear()
+            self._firewall_resync = True
+            self.state.dirty = True
+            return
+        watched = self._watched_devices()
+        due: list[str] = []
+        for link in changes.links:
+            for name in (link.name, link.old_name):
+                if not name:
+                    continue
+                if self.routes.on_interface_update(name):
+                    due.append(f"routes through {name}")
+                if name in watched:
+                    due.append(f"{name} changed")
+                if (not link.present or name == link.old_name) and name in self._configured_ifaces:
+                    # Gone (or renamed): a new interface of that name needs its settings.
+                    self._configured_ifaces.discard(name)
+        for change in changes.routes:
+            if self.routes.on_kernel_route(change.route, deleted=change.deleted):
+                due.append(f"route {change.route.dst} {'deleted' if change.deleted else 'changed'}")
+        due += [f"address {a.addr} of {a.name}" for a in changes.addrs if a.name in watched]
+        if changes.firewall:
+            self._firewall_resync = True
+            due.append("nftables table changed")
+        if due:
+            self.counters.kernel_repairs += 1
+            log.info("kernel: %s", "; ".join(sorted(set(due))[:5]))
+            self.state.dirty = True
+
+    def _watched_devices(self) -> set[str]:
+        """Devices whose change needs a pass even without routes through them: the uplink
+        (MTU, the tunnel's outer path), the tunnel device (and the BPF placeholder's peer),
+        the VXLAN device."""
+        names = {self.address.uplink}
+        if self._backend is not None:
+            names.add(self._backend.device)
+            peer = getattr(self._backend, "peer", None)
+            if isinstance(peer, str):
+                names.add(peer)
+        if self._vxlan is not None:
+            names.add(self._vxlan.device)
+        return names
 
     def nudge(self) -> None:
         """Any thread: ask the loop for a reconcile pass (BGP speaker events)."""
@@ -594,6 +665,9 @@ class NodeAgent:
             "route_failures_total": c.route_failures,
             "route_resyncs_total": c.resyncs,
             "dataplane_errors_total": c.dataplane_errors,
+            "kernel_changes_total": c.kernel_changes,
+            "kernel_repairs_total": c.kernel_repairs,
+            "kernel_events_lost_total": c.kernel_lost,
         }
         if self._backend is not None:
             for name, value in self._backend.counters().items():

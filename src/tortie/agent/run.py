@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from tortie.agent.bgp_driver import BgpDriver
 from tortie.agent.cniserver import CniServer
@@ -27,11 +28,15 @@ from tortie.agent.config import AgentConfig, AgentConfigError, detect_address
 from tortie.agent.health import HealthBoard, serve
 from tortie.agent.loop import NodeAgent
 from tortie.dataplane.ipip import IPIPBackend, make_ipip_backend
+from tortie.dataplane.monitor import NetlinkMonitor
 from tortie.dataplane.nftables import NftablesManager
 from tortie.dataplane.vxlan import VXLANManager
 from tortie.datastore.api import Datastore, UnavailableError
 from tortie.datastore.factory import open_datastore
 from tortie.ipam.client import IPAM
+
+if TYPE_CHECKING:
+    from tortie.dataplane.kernel_netlink import Pyroute2Netlink
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         return VXLANManager(netlink, node_ip=address.address.ip, uplink=address.uplink)
 
     board = HealthBoard()
+    firewall = NftablesManager()
     # The lambda binds late: the agent is built just below, with the driver inside it.
     bgp = (
         BgpDriver(
@@ -100,12 +106,13 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         netlink,
         address,
         backend_factory,
-        firewall=NftablesManager(),
+        firewall=firewall,
         vxlan_factory=vxlan_factory,
         bgp=bgp,
         board=board,
     )
     agent.register()
+    monitor = _kernel_monitor(cfg, netlink, firewall)
     # The CNI plugin is a thin stdlib client; this server does the pod wiring, warm.
     cni = CniServer(
         str(cfg.cni_socket),
@@ -129,9 +136,13 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         target=_status_writer, args=(agent, stop), name="status-writer", daemon=True
     )
     status_thread.start()
+    if monitor is not None:
+        monitor.start(agent.on_kernel_changes)
     try:
         agent.run(stop)
     finally:
+        if monitor is not None:
+            monitor.stop()
         cni.stop()
         if bgp is not None:
             # Leave the speaker running: the next agent adopts it, and peers keep our
@@ -147,6 +158,18 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         netlink.close()
     log.info("agent stopped; the dataplane stays as it is")
     return 0
+
+
+def _kernel_monitor(
+    cfg: AgentConfig, netlink: Pyroute2Netlink, firewall: NftablesManager
+) -> NetlinkMonitor | None:
+    """The kernel monitor of this namespace (None when switched off): routes of the agent's
+    table, echoes of its own route writes dropped, and its nft table."""
+    if not cfg.kernel_monitor:
+        log.info("kernel monitor off: foreign changes are repaired at the periodic resync")
+        return None
+    rs = firewall.ruleset
+    return NetlinkMonitor(echo_portids=[netlink.route_portid], nft_table=(rs.family, rs.table))
 
 
 def _status_writer(agent: NodeAgent, stop: threading.Event) -> None:

@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("--resync-interval", type=float, default=90.0, metavar="SECONDS")
     run.add_argument(
+        "--kernel-monitor",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("TORTIE_KERNEL_MONITOR", "on").lower() not in ("0", "off", "no"),
+        help="watch links, routes and the nft table and repair at once (default; "
+        "$TORTIE_KERNEL_MONITOR=off turns it off); off: only the periodic resync repairs",
+    )
+    run.add_argument(
         "--label",
         action="append",
         default=[],
@@ -129,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         bpf_object=args.bpf_object,
         bpf_attach=args.bpf_attach_type,
         resync_interval=args.resync_interval,
+        kernel_monitor=args.kernel_monitor,
         bgp=args.bgp,
         bgp_hold_time=args.bgp_hold_time,
         labels=labels,

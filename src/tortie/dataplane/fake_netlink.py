@@ -13,6 +13,11 @@ gateway reachability checks, multipath, address-derived routes.
 Test hooks: :attr:`fail` (dst -> errno, until removed), :attr:`fail_once`, :attr:`ops` (every
 write, in order), :attr:`route_writes`, :meth:`add_foreign_route`.
 
+Kernel monitor: :class:`FakeMonitor` stands for :class:`~tortie.dataplane.monitor.NetlinkMonitor`;
+a test changes the fake kernel, then hands the matching facts to the agent with
+:meth:`FakeMonitor.emit` (:meth:`FakeNetlink.link_change` builds a link's). Like Linux, the
+fake kernel itself announces nothing: setting a link down flushes its routes silently.
+
 VXLAN: devices keep their settings (:attr:`vxlan`); FDB and neighbour entries are kept per
 ifindex, so deleting a device takes its entries with it, as in Linux. ``replace_fdb`` replaces
 the first remote of a MAC, as the kernel does. Hooks: :attr:`fdb`, :attr:`neighbours` (edit
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from tortie.dataplane.monitor import KernelChanges, LinkChange, Sink
 from tortie.dataplane.netlink import (
     FdbEntry,
     Link,
@@ -78,6 +84,14 @@ class FakeNetlink(SingleRouteOps):
         return self._add_link(
             Link(index=next(self._index), name=name, kind=kind, mtu=mtu, up=up, noarp=False)
         )
+
+    def link_change(self, name: str, index: int | None = None) -> LinkChange:
+        """The monitor's fact for link ``name`` as it is now (absent: deleted; give its
+        ``index`` then, or 0 if it does not matter)."""
+        link = self.links.get(name)
+        if link is None:
+            return LinkChange(index or 0, name, present=False)
+        return LinkChange(link.index, name, present=True, up=link.up, carrier=link.up, mtu=link.mtu)
 
     def add_foreign_route(self, route: KernelRoute) -> None:
         """Put a route in place without counting it as one of the code-under-test's writes."""
@@ -293,3 +307,23 @@ class FakeNetlink(SingleRouteOps):
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeMonitor:
+    """A :class:`~tortie.dataplane.monitor.KernelMonitor` driven by the test: :meth:`emit`
+    hands a batch to the sink at once, on the caller's thread."""
+
+    def __init__(self) -> None:
+        self.sink: Sink | None = None
+        self.stopped = False
+
+    def start(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def emit(self, changes: KernelChanges) -> None:
+        if self.sink is None:
+            raise RuntimeError("the monitor was not started")
+        self.sink(changes)

@@ -57,6 +57,12 @@ class Pyroute2Netlink(SingleRouteOps):
         """Route write messages sent so far (benchmarks and tests count them)."""
         return self._rtnl.writes
 
+    @property
+    def route_portid(self) -> int:
+        """The netlink port id our route writes come from (the kernel monitor drops their
+        echoes by it)."""
+        return self._rtnl.portid
+
     def close(self) -> None:
         self._rtnl.close()
         if self._ipr is not None:

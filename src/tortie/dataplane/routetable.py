@@ -30,8 +30,10 @@ deferred, not failed, and retried when links change; deletes carry our protocol 
 route's exact device) so a route replaced by someone else since the dump is not deleted.
 
 Hazards: between resyncs the cache is trusted. Something else changing the table (or a device
-vanishing, which takes its routes with it) is only noticed on the next resync: call
-:meth:`on_interface_update` for interface events and :meth:`queue_resync` periodically.
+vanishing or going down, which takes its routes with it, silently for IPv4) is only noticed on
+the next resync unless told: the agent feeds the kernel monitor's facts
+(:mod:`tortie.dataplane.monitor`) to :meth:`on_interface_update` and :meth:`on_kernel_route`,
+and calls :meth:`queue_resync` periodically and whenever events were lost.
 """
 
 from __future__ import annotations
@@ -176,22 +178,71 @@ class RouteTable:
         """Make the next :meth:`apply` re-read the kernel (periodic drift check, after errors)."""
         self._resync = True
 
-    def on_interface_update(self, name: str) -> None:
+    def on_interface_update(self, name: str) -> bool:
         """An interface appeared, changed or vanished: re-check the routes through it.
 
-        A vanished (or downed) device takes its kernel routes with it, so cached routes through
-        its old index are forgotten and desired routes through it become dirty again.
+        A vanished (or downed) device takes its kernel routes with it, and for IPv4 the kernel
+        says nothing about those routes (docs/agent.md), so cached routes through its old
+        index are forgotten and desired routes through it become dirty again. Returns whether
+        any route needs another look (False: no route of ours involves ``name``).
         """
         self._links_stale = True
+        touched = False
         old = self._links.get(name)
         if old is not None:
             for dst, route in list(self._kernel.items()):
                 if route.oif == old.index:
                     del self._kernel[dst]
-                    self._dirty.add(dst)
+                    if dst in self._desired or self._owned(route):
+                        self._dirty.add(dst)
+                        touched = True
         for dst, spec in self._desired.items():
             if spec.device == name:
                 self._dirty.add(dst)
+                touched = True
+        return touched
+
+    def on_kernel_route(self, route: KernelRoute, *, deleted: bool = False) -> bool:
+        """A route notification (someone else's change, or one of ours echoing back).
+
+        Updates the cache of what the kernel holds and returns whether the destination needs
+        a write: a desired route deleted or replaced by something else, an owned route that
+        is not desired. A route that already matches what we want (an echo of our own write)
+        and anything foreign that we do not want either return False, so echoes never cause
+        writes, and writes never cause echoes that cause writes.
+        """
+        if route.table != self.table:
+            return False
+        if route.tos != 0 or route.metric != 0:
+            # Not a key we write; one of ours there is a stray the next resync deletes.
+            if route.proto == self.proto and not deleted:
+                self._resync = True
+                return True
+            return False
+        dst = route.dst
+        have = self._kernel.get(dst)
+        if deleted:
+            if have is None:
+                return False
+            del self._kernel[dst]
+            if dst in self._desired:
+                self._dirty.add(dst)
+                return True
+            return False
+        self._kernel[dst] = route
+        want = self._desired.get(dst)
+        if want is None:
+            if self._owned(route):
+                self._dirty.add(dst)
+                return True
+            return False
+        link = self._links.get(want.device) if want.device is not None else None
+        if want.device is None or link is not None:
+            target = self._target(want, link.index if link is not None else None)
+            if self._same(route, target):
+                return False
+        self._dirty.add(dst)
+        return True
 
     # -- kernel work ------------------------------------------------------------------------
 
@@ -336,8 +387,10 @@ class RouteTable:
         oif = None
         if want.device is not None:
             link = self._links.get(want.device)
-            if link is None:
-                # Not there yet (a pod being created): look for it again on the next apply.
+            if link is None or not link.up:
+                # Not there yet (a pod being created), or down (which flushed its routes, and
+                # a write would only fail): look again on the next apply; the link coming up
+                # is an interface update.
                 self._links_stale = True
                 result.deferred.add(dst)
                 return None

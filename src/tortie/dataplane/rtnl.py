@@ -55,12 +55,19 @@ NLM_F_ACK_TLVS = 0x200  # on NLMSG_ERROR
 NLMSGERR_ATTR_MSG = 1
 
 RTM_NEWLINK = 16
+RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
+RTM_DELADDR = 21
 RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
+
+# Multicast groups (the legacy bitmask of bind(); :mod:`tortie.dataplane.monitor` uses them).
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
 
 RTA_DST = 1
 RTA_OIF = 4
@@ -78,6 +85,7 @@ IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 IFLA_STATS64 = 23
 IFF_UP = 0x1
+IFF_RUNNING = 0x40
 IFF_NOARP = 0x80
 IFF_LOWER_UP = 0x10000
 
@@ -145,6 +153,9 @@ class RtnlSocket:
             ),
         )
         self._sock.bind((0, 0))
+        # The kernel's port id for this socket: notifications caused by our writes carry it
+        # (nlmsg_pid), which is how the kernel monitor tells our own echoes from others' changes.
+        self.portid: int = self._sock.getsockname()[0]
         for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
             # Older kernels: bigger acks / client-side filtering, same results.
             with contextlib.suppress(OSError):
@@ -308,6 +319,102 @@ def _route_msg(op: RouteOp, seq: int) -> bytes:
     return _HDR.pack(_HDR.size + len(payload), kind, flags, seq, 0) + payload
 
 
+def decode_route(view: memoryview, off: int, length: int) -> KernelRoute | None:
+    """The IPv4 route in an RTM_NEWROUTE/RTM_DELROUTE body at ``view[off:off+length]``
+    (None for another family)."""
+    family, dst_len, _src_len, tos, table, proto, scope, rtype, rflags = _RTMSG.unpack_from(
+        view, off
+    )
+    if family != socket.AF_INET:
+        return None
+    dst = 0
+    gateway = None
+    oif = None
+    metric = 0
+    multipath = False
+    for kind, voff, vlen in _attrs(view, off + _RTMSG.size, off + length):
+        if kind == RTA_DST and vlen == 4:
+            dst = int.from_bytes(view[voff : voff + 4], "big")
+        elif kind == RTA_TABLE:
+            (table,) = _U32.unpack_from(view, voff)
+        elif kind == RTA_GATEWAY and vlen == 4:
+            gateway = IPv4Address(bytes(view[voff : voff + 4]))
+        elif kind == RTA_OIF:
+            (oif,) = _U32.unpack_from(view, voff)
+        elif kind == RTA_PRIORITY:
+            (metric,) = _U32.unpack_from(view, voff)
+        elif kind == RTA_MULTIPATH:
+            multipath = True
+    return KernelRoute(
+        dst=IPv4Network((dst, dst_len)),
+        table=table,
+        type=rtype,
+        proto=proto,
+        scope=scope,
+        gateway=gateway,
+        oif=oif,
+        onlink=bool(rflags & RTNH_F_ONLINK),
+        metric=metric,
+        tos=tos,
+        multipath=multipath,
+    )
+
+
+def decode_link(view: memoryview, off: int, length: int) -> tuple[Link, int]:
+    """The link in an RTM_NEWLINK/RTM_DELLINK body, and its raw ``ifi_flags``."""
+    _family, _type, index, flags, _change = _IFINFO.unpack_from(view, off)
+    name = ""
+    mtu = 0
+    mac = None
+    kind_name = None
+    stats = (0,) * 8
+    for kind, voff, vlen in _attrs(view, off + _IFINFO.size, off + length):
+        if kind == IFLA_IFNAME:
+            name = bytes(view[voff : voff + vlen]).rstrip(b"\0").decode()
+        elif kind == IFLA_MTU:
+            (mtu,) = _U32.unpack_from(view, voff)
+        elif kind == IFLA_ADDRESS and vlen == 6:
+            mac = ":".join(f"{b:02x}" for b in view[voff : voff + 6])
+        elif kind == IFLA_LINKINFO:
+            for ikind, ioff, ilen in _attrs(view, voff, voff + vlen):
+                if ikind == IFLA_INFO_KIND:
+                    kind_name = bytes(view[ioff : ioff + ilen]).rstrip(b"\0").decode()
+        elif kind == IFLA_STATS64 and vlen >= _STATS.size:
+            stats = _STATS.unpack_from(view, voff)
+    link = Link(
+        index=index,
+        name=name,
+        kind=kind_name,
+        mtu=mtu,
+        up=bool(flags & IFF_UP),
+        noarp=bool(flags & IFF_NOARP),
+        mac=mac,
+        carrier=bool(flags & IFF_LOWER_UP),
+        rx_packets=stats[0],
+        tx_packets=stats[1],
+        rx_dropped=stats[6],
+        tx_dropped=stats[7],
+    )
+    return link, flags
+
+
+def decode_addr(view: memoryview, off: int, length: int) -> tuple[int, IPv4Interface] | None:
+    """(ifindex, address) of an IPv4 RTM_NEWADDR/RTM_DELADDR body (None for another family)."""
+    family, prefixlen, _flags, _scope, index = _IFADDR.unpack_from(view, off)
+    if family != socket.AF_INET:
+        return None
+    local = address = None
+    for kind, voff, vlen in _attrs(view, off + _IFADDR.size, off + length):
+        if kind == IFA_LOCAL and vlen == 4:
+            local = bytes(view[voff : voff + 4])
+        elif kind == IFA_ADDRESS and vlen == 4:
+            address = bytes(view[voff : voff + 4])
+    raw = local or address
+    if raw is None:
+        return None
+    return index, IPv4Interface((int.from_bytes(raw, "big"), prefixlen))
+
+
 class _Parser:
     def add(self, mtype: int, view: memoryview, off: int, length: int) -> None:
         raise NotImplementedError
@@ -328,46 +435,12 @@ class _RouteParser(_Parser):
     def add(self, mtype: int, view: memoryview, off: int, length: int) -> None:
         if mtype != RTM_NEWROUTE:
             return
-        family, dst_len, _src_len, tos, table, proto, scope, rtype, rflags = _RTMSG.unpack_from(
-            view, off
-        )
-        if family != socket.AF_INET or (self.proto is not None and proto != self.proto):
+        route = decode_route(view, off, length)
+        if route is None or (self.proto is not None and route.proto != self.proto):
             return
-        dst = 0
-        gateway = None
-        oif = None
-        metric = 0
-        multipath = False
-        for kind, voff, vlen in _attrs(view, off + _RTMSG.size, off + length):
-            if kind == RTA_DST and vlen == 4:
-                dst = int.from_bytes(view[voff : voff + 4], "big")
-            elif kind == RTA_TABLE:
-                (table,) = _U32.unpack_from(view, voff)
-            elif kind == RTA_GATEWAY and vlen == 4:
-                gateway = IPv4Address(bytes(view[voff : voff + 4]))
-            elif kind == RTA_OIF:
-                (oif,) = _U32.unpack_from(view, voff)
-            elif kind == RTA_PRIORITY:
-                (metric,) = _U32.unpack_from(view, voff)
-            elif kind == RTA_MULTIPATH:
-                multipath = True
-        if self.table is not None and table != self.table:
+        if self.table is not None and route.table != self.table:
             return
-        self.routes.append(
-            KernelRoute(
-                dst=IPv4Network((dst, dst_len)),
-                table=table,
-                type=rtype,
-                proto=proto,
-                scope=scope,
-                gateway=gateway,
-                oif=oif,
-                onlink=bool(rflags & RTNH_F_ONLINK),
-                metric=metric,
-                tos=tos,
-                multipath=multipath,
-            )
-        )
+        self.routes.append(route)
 
 
 class _LinkParser(_Parser):
@@ -378,43 +451,8 @@ class _LinkParser(_Parser):
         self.links = []
 
     def add(self, mtype: int, view: memoryview, off: int, length: int) -> None:
-        if mtype != RTM_NEWLINK:
-            return
-        _family, _type, index, flags, _change = _IFINFO.unpack_from(view, off)
-        name = ""
-        mtu = 0
-        mac = None
-        kind_name = None
-        stats = (0,) * 8
-        for kind, voff, vlen in _attrs(view, off + _IFINFO.size, off + length):
-            if kind == IFLA_IFNAME:
-                name = bytes(view[voff : voff + vlen]).rstrip(b"\0").decode()
-            elif kind == IFLA_MTU:
-                (mtu,) = _U32.unpack_from(view, voff)
-            elif kind == IFLA_ADDRESS and vlen == 6:
-                mac = ":".join(f"{b:02x}" for b in view[voff : voff + 6])
-            elif kind == IFLA_LINKINFO:
-                for ikind, ioff, ilen in _attrs(view, voff, voff + vlen):
-                    if ikind == IFLA_INFO_KIND:
-                        kind_name = bytes(view[ioff : ioff + ilen]).rstrip(b"\0").decode()
-            elif kind == IFLA_STATS64 and vlen >= _STATS.size:
-                stats = _STATS.unpack_from(view, voff)
-        self.links.append(
-            Link(
-                index=index,
-                name=name,
-                kind=kind_name,
-                mtu=mtu,
-                up=bool(flags & IFF_UP),
-                noarp=bool(flags & IFF_NOARP),
-                mac=mac,
-                carrier=bool(flags & IFF_LOWER_UP),
-                rx_packets=stats[0],
-                tx_packets=stats[1],
-                rx_dropped=stats[6],
-                tx_dropped=stats[7],
-            )
-        )
+        if mtype == RTM_NEWLINK:
+            self.links.append(decode_link(view, off, length)[0])
 
 
 class _AddrParser(_Parser):
@@ -428,15 +466,6 @@ class _AddrParser(_Parser):
     def add(self, mtype: int, view: memoryview, off: int, length: int) -> None:
         if mtype != RTM_NEWADDR:
             return
-        family, prefixlen, _flags, _scope, index = _IFADDR.unpack_from(view, off)
-        if family != socket.AF_INET or (self.index is not None and index != self.index):
-            return
-        local = address = None
-        for kind, voff, vlen in _attrs(view, off + _IFADDR.size, off + length):
-            if kind == IFA_LOCAL and vlen == 4:
-                local = bytes(view[voff : voff + 4])
-            elif kind == IFA_ADDRESS and vlen == 4:
-                address = bytes(view[voff : voff + 4])
-        raw = local or address
-        if raw is not None:
-            self.addrs.append((index, IPv4Interface((int.from_bytes(raw, "big"), prefixlen))))
+        found = decode_addr(view, off, length)
+        if found is not None and (self.index is None or found[0] == self.index):
+            self.addrs.append(found)
