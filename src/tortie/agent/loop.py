@@ -608,7 +608,8 @@ class NodeAgent:
             for name in (link.name, link.old_name):
                 if not name:
                     continue
-                if self.routes.on_interface_update(name):
+                gone = not (link.present and link.up) or name == link.old_name
+                if self.routes.on_interface_update(name, gone=gone):
                     due.append(f"routes through {name}")
                 if name in watched:
                     due.append(f"{name} changed")

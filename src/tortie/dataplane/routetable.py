@@ -178,15 +178,31 @@ class RouteTable:
         """Make the next :meth:`apply` re-read the kernel (periodic drift check, after errors)."""
         self._resync = True
 
-    def on_interface_update(self, name: str) -> bool:
+    def on_interface_update(self, name: str, *, gone: bool = True) -> bool:
         """An interface appeared, changed or vanished: re-check the routes through it.
 
-        A vanished (or downed) device takes its kernel routes with it, and for IPv4 the kernel
+        ``gone`` (the default, and what a caller that does not know must say): the device
+        vanished or went down, which takes its kernel routes with it, and for IPv4 the kernel
         says nothing about those routes (docs/agent.md), so cached routes through its old
-        index are forgotten and desired routes through it become dirty again. Returns whether
-        any route needs another look (False: no route of ours involves ``name``).
+        index are forgotten and desired routes through it become dirty again.
+
+        ``gone=False``: the device is there and up (again, or with a new MTU or carrier). Its
+        routes may have been flushed by a flap that ended before anyone looked, or be intact;
+        rather than guess (forgetting intact routes would make our "add" meet EEXIST), the
+        next apply re-reads the table when routes of ours run through it. Workload (owned
+        prefix) interfaces carry one route each, written with "replace": forgetting is cheap.
+
+        Returns whether any route needs another look (False: none of ours involves ``name``).
         """
         self._links_stale = True
+        if not gone and not name.startswith(self.owned_iface_prefixes or ("\0",)):
+            old = self._links.get(name)
+            through = any(spec.device == name for spec in self._desired.values()) or (
+                old is not None and any(r.oif == old.index for r in self._kernel.values())
+            )
+            if through:
+                self._resync = True
+            return through
         touched = False
         old = self._links.get(name)
         if old is not None:

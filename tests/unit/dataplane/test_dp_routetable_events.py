@@ -93,3 +93,19 @@ def test_an_interface_with_no_route_of_ours_is_not_work() -> None:
     nl, rt, _route = converged()
     nl.add_link("docker0", kind="bridge")
     assert not rt.on_interface_update("docker0")
+
+
+def test_an_intact_device_changing_is_looked_at_not_guessed() -> None:
+    """A device that is up (again, or with a new MTU): its routes may or may not have been
+    flushed; the table is re-read rather than assumed empty (which made "add" meet EEXIST)."""
+    nl, rt, route = converged()
+    nl.set_link("eth0", mtu=9000)  # routes intact
+    assert rt.on_interface_update("eth0", gone=False)
+    result = rt.apply()
+    assert result.resynced and result.writes == 0 and result.converged
+    nl.set_link("eth0", up=False)  # a flap seen only at its end: down and up in one batch
+    nl.set_link("eth0", up=True)
+    assert rt.on_interface_update("eth0", gone=False)
+    result = rt.apply()
+    assert result.resynced and result.added == 1 and result.converged
+    assert route in nl.table()
