@@ -10,7 +10,9 @@ Order, and why:
 2. claim a host-wide lab id (kernel names ``tl<id>-...``) and derive the topology;
 3. the wire namespace with one bridge per subnet; the router with a leg in each subnet;
 4. per node: directories and a bpffs pin directory, the namespace, the uplink into its
-   subnet's bridge, address, default route via the router, ip_forward;
+   subnet's bridge, address, default route via the router, ip_forward; then the node's
+   network keeper (:mod:`.keeper`: the default route back after an uplink flap, as a host's
+   network manager does);
 5. ``--tor``: BIRD in the router namespace (:mod:`.tor`), ready before any agent dials it;
 6. the datastore's cluster resources (pool with the lab's mode, BGP settings) and, when the
    nodes have BGP roles (reflectors, racks for the ToR), their Node resources: written
@@ -191,6 +193,8 @@ def _build(
     phase("wire", lambda: _wire(kernel, journal, topology))
     phase("router", lambda: _router(kernel, journal, topology))
     phase("nodes", lambda: _nodes(kernel, journal, topology, progress))
+    if isinstance(kernel, HostKernel):  # real namespaces: each node gets its network manager
+        phase("keepers", lambda: _keepers(journal, topology, progress))
     if topology.router.tor:
         phase("tor", lambda: _tor(journal, topology, paths))
     phase("datastore", lambda: _datastore(journal, topology))
@@ -239,6 +243,13 @@ def _nodes(kernel: Kernel, journal: Journal, topology: Topology, progress: Progr
             f"via {node.gateway} (subnet {node.subnet})"
         )
     return f"nodes: {len(topology.nodes)}"
+
+
+def _keepers(journal: Journal, topology: Topology, progress: Progress) -> str:
+    from tortie.lab.keeper import start_keepers
+
+    started = start_keepers(journal, topology, progress)
+    return f"keepers: {len(started)} (each node's default route back after a flap)"
 
 
 def _tor(journal: Journal, topology: Topology, paths: LabPaths) -> str:

@@ -174,8 +174,9 @@ def _wait_for_stall(proc: subprocess.Popen[str], timeout: float = 30) -> str:
 
 
 # 2 nodes, 1 pod each, agents: save 4 records the wire namespace (not created yet); 14 the
-# bpffs mount of node1 (not mounted); 26 the second agent (both running); 31 pod2's record.
-@pytest.mark.parametrize("stall", [4, 14, 26, 31])
+# bpffs mount of node1 (not mounted); 28 the second agent (both running, after both nodes'
+# network keepers); 33 pod2's record.
+@pytest.mark.parametrize("stall", [4, 14, 28, 33])
 def test_down_after_kill9_of_up_mid_build_leaves_nothing(cli: LabCli, stall: int) -> None:
     name = unique_name("crash")
     builder = cli.popen(
@@ -197,8 +198,8 @@ def test_down_after_kill9_of_up_mid_build_leaves_nothing(cli: LabCli, stall: int
             # A process started by `lab exec` (carries the lab token, never recorded).
             extra = cli.popen("exec", "--name", name, "node1", "--", "sleep", "301")
             time.sleep(0.3)
-        if stall >= 26:
-            assert len(state.processes) == 2
+        if stall >= 28:
+            assert [p.role for p in state.processes] == ["keeper", "keeper", "agent", "agent"]
     finally:
         builder.kill()  # SIGKILL: no cleanup in the builder
         builder.wait()
