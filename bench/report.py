@@ -439,7 +439,52 @@ def render_control(cp: dict[str, Any]) -> str:
                     f"{r['learned_routes_per_node']} | {rss} |"
                 )
         lines.append("")
+    repair = cp.get("repair")
+    if repair:
+        lines += ["### Repair after kernel changes", "", _run_line(repair), ""]
+        lines += render_repair(repair.get("result"))
     return "\n".join(lines).rstrip()
+
+
+def _ms_spread(s: dict[str, float] | None, digits: int = 1) -> str:
+    return "n/a" if s is None else Spread(s["median"], s["min"], s["max"], int(s["n"])).fmt(digits)
+
+
+def render_repair(r: dict[str, Any] | None) -> list[str]:
+    """``bench/repair.py``: repair times and the idle CPU with the kernel monitor on/off."""
+    if not r:
+        return [""]
+    target = r.get("target_s", 1.0) * 1000
+    times = [r.get("flap_routes_ms"), r.get("flap_default_ms"), r.get("delete_ms")]
+    met = all(t is not None and t["max"] <= target for t in times) and not r.get("failures")
+    off = r.get("off_delete_back_s")
+    ratio = r.get("idle_ratio")
+    on_cpu, off_cpu = r.get("idle_cpu_pct_on"), r.get("idle_cpu_pct_off")
+    idle = "n/a"
+    if ratio and on_cpu and off_cpu:
+        idle = (
+            f"{on_cpu['median']:.3f} % / {off_cpu['median']:.3f} % of a core; ratio "
+            f"{_ms_spread(ratio, 2)}"
+        )
+    return [
+        f"A BGP-mode lab of 2 nodes, {r.get('rounds')} rounds; node1's {r.get('routes')} agent "
+        f"routes; the uplink down {r.get('flap_s')} s per flap; ms from the change (for the "
+        "flap: from `ip link set up`) until the kernel holds it again, median (min-max):",
+        "",
+        "| what | repaired in | target (issue 17) |",
+        "|---|---|---|",
+        f"| uplink flap: every agent route back | {_ms_spread(times[0])} | <= 1 s: "
+        f"{'met' if met else 'MISSED'} |",
+        f"| uplink flap: the node's default route back (lab keeper) | {_ms_spread(times[1])} |"
+        " <= 1 s |",
+        f"| a foreign `ip route del` of an agent route: back | {_ms_spread(times[2])} | <= 1 s |",
+        "| the same delete with the kernel monitor off | "
+        + (f"{off * 1000:.0f} ms" if off is not None else f"not back after {r.get('off_wait_s')} s")
+        + " (the periodic resync, 81-99 s) | |",
+        f"| idle CPU per agent, monitor on / off ({r.get('idle_s')} s windows, both labs at "
+        f"once) | {idle} | not noticeably higher |",
+        "",
+    ]
 
 
 # -- scale ----------------------------------------------------------------------------------------

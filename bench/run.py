@@ -10,7 +10,8 @@ Parts, in this order (``--only`` picks some):
 2. ``control``: the other benches as their own processes, their output parsed:
    ``bench/cni.py`` (ADD/DEL latency, 10 concurrent ADDs), ``bench/ipam.py`` (assignments/s,
    run ``--ipam-repeats`` times for a spread), ``bench/routes.py`` (1k/10k routes, no-op
-   resync), ``bench/bgp.py --json`` (convergence at 10 and 20 nodes).
+   resync), ``bench/bgp.py --json`` (convergence at 10 and 20 nodes), ``bench/repair.py
+   --json`` (uplink flap and foreign route delete until repaired; idle CPU, monitor on/off).
 3. ``scale``: ``bench/scale.py`` in process: routes and sessions per node up to 5,000 nodes.
 4. ``ipip-cost``: ``bench/ipip_cost.py`` in process: instructions per byte of the ipip module
    against tortie's tc-BPF IPIP and the native path, counted in a qemu guest (6.12 kernel).
@@ -101,6 +102,10 @@ def control_benches(smoke: bool, bgp_agent_level: bool = True) -> dict[str, list
             ],
             "routes": ["bench/routes.py", "--runs", "1"],
             "bgp": bgp,
+            "repair": [
+                "bench/repair.py",
+                *("--rounds", "1", "--flap", "1", "--idle", "3", "--off-wait", "2", "--json"),
+            ],
         }
     bgp = [
         "bench/bgp.py",
@@ -119,6 +124,7 @@ def control_benches(smoke: bool, bgp_agent_level: bool = True) -> dict[str, list
         "ipam": ["bench/ipam.py", "--count", "100"],
         "routes": ["bench/routes.py", "--runs", "5"],
         "bgp": bgp,
+        "repair": ["bench/repair.py", "--rounds", "5", "--json"],
     }
 
 
@@ -226,6 +232,17 @@ def parse_bgp(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+def parse_repair(text: str) -> dict[str, Any]:
+    """``bench/repair.py --json``: its last line is the result."""
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if not lines:
+        raise ValueError("no JSON line in bench/repair.py's output")
+    result: dict[str, Any] = json.loads(lines[-1])
+    if "flap_routes_ms" not in result:
+        raise ValueError("bench/repair.py's JSON lacks flap_routes_ms")
+    return result
+
+
 # -- running a bench process --------------------------------------------------------------------
 def shown(argv: Sequence[str]) -> str:
     return " ".join([".venv/bin/python", *argv])
@@ -275,6 +292,7 @@ def control(smoke: bool, ipam_repeats: int, log: Log, timeout: float) -> dict[st
         "cni": parse_cni,
         "routes": lambda t: {"rows": parse_routes(t)},
         "bgp": lambda t: {"rows": parse_bgp(t)},
+        "repair": lambda t: {"result": parse_repair(t)},
     }
     benches = control_benches(smoke, bench_has_option("bench/bgp.py", "--agent-nodes"))
     for name, argv in benches.items():

@@ -4,8 +4,8 @@ compact facts, so the agent repairs what someone else broke at once, not at the 
 Problem: the agent trusts its cache of the kernel between resyncs (90 s, jittered). Yet the
 kernel changes under it: an operator deletes a route, a device is deleted, and above all an
 interface going down takes every IPv4 route through it away *without* an RTM_DELROUTE (the
-kernel does not announce routes flushed with their device; docs/agent.md, "What the agent
-watches"). So: one netlink socket subscribed to the link, IPv4 address and IPv4 route groups
+kernel does not announce routes flushed with their device; docs/agent.md, "Why watch the
+kernel at all"). So: one netlink socket subscribed to the link, IPv4 address and IPv4 route groups
 of the namespace, read by one thread that reports :class:`KernelChanges`; the agent's loop
 turns them into targeted repairs (:meth:`tortie.agent.loop.NodeAgent.on_kernel_changes`).
 The facts say what changed, never what to do: deciding is the loop's job, which owns the state.
