@@ -8,6 +8,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
@@ -182,3 +183,47 @@ def test_truncated_messages_are_ignored(mon: NetlinkMonitor) -> None:
 def test_unknown_nft_family_is_refused() -> None:
     with pytest.raises(ValueError, match="nftables family"):
         NetlinkMonitor(nft_table=("inet6", "tortie"))
+
+
+class FlakySockets:
+    """Stands in for the kernel: opening fails once, the first watch dies with a socket error,
+    the second runs until stopped."""
+
+    def __init__(self, mon: NetlinkMonitor) -> None:
+        self.mon = mon
+        self.opens = 0
+        self.watches = 0
+
+    def open(self) -> list[socket.socket]:
+        self.opens += 1
+        if self.opens == 1:
+            raise OSError(errno.EMFILE, "too many open files")
+        a, b = socket.socketpair()
+        b.close()
+        return [a]
+
+    def watch(self, socks: list[socket.socket], sink: object) -> None:
+        self.watches += 1
+        if self.watches == 1:
+            raise OSError(errno.EBADF, "the socket broke")
+        self.mon._stopping.wait()
+
+
+def test_open_failures_and_socket_errors_retry_with_backoff_and_report_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(monitor, "BACKOFF_MIN", 0.01)
+    mon = NetlinkMonitor()
+    flaky = FlakySockets(mon)
+    monkeypatch.setattr(mon, "_open", flaky.open)
+    monkeypatch.setattr(mon, "_watch", flaky.watch)
+    got: list[KernelChanges] = []
+    mon.start(got.append)
+    deadline = time.monotonic() + 5
+    while flaky.watches < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mon.stop()
+    assert (flaky.opens, flaky.watches) == (3, 2)
+    # The first socket's events are not lost (nothing came before it); the reopened one's are.
+    assert [c.lost for c in got] == ["the kernel monitor's socket was reopened"]
+    assert mon.reopens == 1
