@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tortie.model.errors import ValidationError
 from tortie.model.resources import BGPPeer, IPPool
@@ -106,3 +108,44 @@ def test_validate_as_number(n: int) -> None:
 def test_validate_as_number_errors(n: object, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         validate_as_number(n)  # type: ignore[arg-type]
+
+
+# -- the sweep agrees with the all-pairs definition -------------------------------------------
+def _overlaps(a: IPPool, b: IPPool) -> bool:
+    return a.ip_version == b.ip_version and a.network.overlaps(b.network)
+
+
+@st.composite
+def pool_sets(draw: st.DrawFn) -> tuple[list[IPPool], list[IPPool]]:
+    """Small v4/v6 pools in a narrow range (so overlaps, duplicates and nesting are common)."""
+    cidrs = st.one_of(
+        st.builds(lambda o, p: f"10.0.{o}.0/{p}", st.integers(0, 7), st.just(24)),
+        st.builds(lambda o, p: f"10.0.{o * 4}.0/{p}", st.integers(0, 1), st.just(22)),
+        st.sampled_from(["10.0.0.0/16", "10.0.0.0/21", "10.1.0.0/16", "fd00::/120", "fd00::/64"]),
+    )
+    names = draw(st.lists(st.sampled_from("abcdefghij"), unique=True, max_size=10))
+    split = draw(st.integers(0, len(names)))
+    made = [
+        pool(n, c, blockSize=122 if ":" in c else 26)
+        for n, c in zip(
+            names, draw(st.lists(cidrs, min_size=len(names), max_size=len(names))), strict=True
+        )
+    ]
+    return made[:split], made[split:]
+
+
+@given(pool_sets())
+@settings(max_examples=400)
+def test_overlap_sweep_matches_all_pairs(sets: tuple[list[IPPool], list[IPPool]]) -> None:
+    new, existing = sets
+    after = existing + new
+    culprits = [p for p in new if any(o.name != p.name and _overlaps(p, o) for o in after)]
+    if not culprits:
+        check_pools(new, existing)
+        return
+    with pytest.raises(ValidationError) as info:
+        check_pools(new, existing)
+    err = info.value
+    assert err.name == culprits[0].name  # the first new pool, in input order, that overlaps
+    partner = err.message.split("overlaps IPPool ", 1)[1].split(" ", 1)[0]
+    assert _overlaps(culprits[0], next(p for p in after if p.name == partner))
