@@ -24,7 +24,12 @@ Hazards:
   through :meth:`Resource.from_document` (or the loader), which translates errors.
 - ``frozen`` does not freeze the lists/dicts inside; never mutate them.
 - ``BGPPassword.value`` is a plain-text secret: it is hidden from ``repr`` but
-  ``to_document`` writes it out (it must round-trip).
+  ``to_document`` writes it out (it must be stored). What is shown to people goes through
+  :func:`redact_secrets`, which puts :data:`REDACTED` in its place; the datastore layer reads
+  that marker back as "keep the stored password", so it can never become a password.
+- ``metadata.annotations`` hold at most 256 KiB in total (keys and values, UTF-8), as
+  Kubernetes' ``TotalAnnotationSizeLimitB``; the whole stored resource has its own limit
+  (:mod:`tortie.model.validation`).
 - Choices documented here: ``IPAMConfiguration.maxBlocksPerHost`` 0 means unlimited (as in
   Calico's IPAM); ``BGPPeer`` requires ``asNumber`` with ``peerIP``; BGP timers are whole
   seconds. Fields Calico has but tortie does not implement are rejected with "not supported
@@ -67,6 +72,8 @@ from tortie.model.translate import translate
 
 __all__ = [
     "API_VERSION",
+    "MAX_ANNOTATIONS_BYTES",
+    "REDACTED",
     "BGPConfiguration",
     "BGPConfigurationSpec",
     "BGPPassword",
@@ -88,7 +95,9 @@ __all__ = [
     "SecretKeyRef",
     "WorkloadEndpoint",
     "WorkloadEndpointSpec",
+    "is_redacted",
     "parse_workload_endpoint_name",
+    "redact_secrets",
     "workload_endpoint_name",
 ]
 
@@ -99,6 +108,12 @@ LogSeverity = Literal["Debug", "Info", "Warning", "Error", "Fatal"]
 _LINK_LOCAL_V4 = "169.254.0.0/16"
 _LINK_LOCAL_V6 = "fe80::/10"
 _INT32_MAX = 2**31 - 1
+
+# Kubernetes' TotalAnnotationSizeLimitB (apimachinery's ValidateAnnotationsSize): the sum of
+# the UTF-8 lengths of every annotation key and value.
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+# What 'tortie get' prints instead of a secret (and what apply reads as "keep the stored one").
+REDACTED = "<redacted>"
 
 
 class _Model(BaseModel):
@@ -165,8 +180,15 @@ class ObjectMeta(_Model):
     @field_validator("annotations")
     @classmethod
     def _annotations(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
+        total = 0
+        for key, value in v.items():
             check_label_key(key)
+            total += len(key.encode()) + len(value.encode())
+        if total > MAX_ANNOTATIONS_BYTES:
+            raise FieldError(
+                f"the annotations take {total} bytes; the limit is {MAX_ANNOTATIONS_BYTES} "
+                "(256 KiB, keys and values together, as in Kubernetes): keep large data elsewhere"
+            )
         return v
 
     @field_validator("resource_version", mode="before")
@@ -804,6 +826,24 @@ class BGPPeer(Resource):
 
     kind: Literal["BGPPeer"] = "BGPPeer"
     spec: BGPPeerSpec
+
+
+def is_redacted(peer: BGPPeer) -> bool:
+    """Whether ``peer``'s password is the :data:`REDACTED` marker, not a password."""
+    password = peer.spec.password
+    return password is not None and password.value == REDACTED
+
+
+def redact_secrets(res: Resource) -> Resource:
+    """``res`` as shown to people: every secret replaced by :data:`REDACTED`.
+
+    The only secret in these resources is a BGPPeer password given as a value (a
+    ``secretKeyRef`` only names a secret, so it is shown, as calicoctl shows it).
+    """
+    password = res.spec.password if isinstance(res, BGPPeer) else None
+    if password is not None and password.value is not None:
+        return res.with_spec(password=BGPPassword(value=REDACTED))
+    return res
 
 
 # --------------------------------------------------------------------------------------------
