@@ -8,13 +8,25 @@ Invariants:
   the resource version IS the datastore mod revision, filled in on read (as Calico does).
 - ``apply``/``create``/``delete_many`` are all-or-nothing: one datastore transaction guarded by
   the revision of every key read, retried a bounded number of times if something else wrote
-  meanwhile. Set-level validation (overlapping pools) runs against the state the transaction
-  is guarded by, so two racing applies cannot together create an overlap.
+  meanwhile.
+- Set-level validation (overlapping pools) runs against the pool set the transaction is
+  guarded by: every transaction that writes or deletes an IPPool also puts
+  :data:`POOL_GUARD_KEY`, and one that validates pools compares that key's revision as read
+  before listing them. So two racing applies cannot together create an overlap, whatever
+  keys they write (the same scheme on every backend: it needs only compare and put).
+- A stored resource is at most ``MAX_RESOURCE_BYTES`` of JSON (etcd's request limit), so
+  what SQLite accepts, etcd accepts too.
+- A BGPPeer password equal to :data:`~tortie.model.resources.REDACTED` (what ``tortie get``
+  prints) keeps the stored password; with no stored password it is refused.
 - A document carrying ``metadata.resourceVersion`` is a compare-and-swap precondition.
 - ``uid`` and ``creationTimestamp`` are set on creation and preserved by updates.
 
-Hazards: values in the store may be corrupt or written by a newer tortie; such an entry is
-reported with its key (:class:`CorruptResourceError`), never silently dropped or crashed on.
+Hazards:
+- Values in the store may be corrupt or written by a newer tortie; such an entry is reported
+  with its key (:class:`CorruptResourceError`), never silently dropped or crashed on.
+- The pool guard holds only among writers that use this class: a pool written with the
+  datastore's own tools (etcdctl, sqlite3) bumps nothing. ``tortie ipam check`` reports
+  overlapping pools whatever wrote them.
 """
 
 from __future__ import annotations
@@ -23,13 +35,12 @@ import builtins
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from tortie.datastore.api import (
     Compare,
-    ConflictError,
     Datastore,
     DatastoreError,
     Delete,
@@ -38,14 +49,22 @@ from tortie.datastore.api import (
     Op,
     Put,
 )
-from tortie.model.errors import ModelError
+from tortie.model.errors import ModelError, ValidationError
 from tortie.model.keys import key_for, kind_prefix, resource_key
-from tortie.model.resources import IPPool, Resource
-from tortie.model.validation import check_pools
+from tortie.model.resources import REDACTED, BGPPeer, IPPool, Resource, is_redacted
+from tortie.model.validation import check_pools, check_stored_size
 
 R = TypeVar("R", bound=Resource)
 
 MAX_TXN_RETRIES = 20
+
+# Bumped (put) by every transaction that creates, changes or deletes an IPPool, and compared
+# by every transaction that validates pools against each other. Comparing the revisions of
+# the pools one listed is not enough: a pool created meanwhile has a key that was never
+# listed, so two applies of overlapping new pools could both commit. Outside RESOURCE_ROOT
+# and IPAM_ROOT, so the agent's view ignores it (agent/state.py).
+POOL_GUARD_KEY = "/tortie/meta/guards/ippools"
+_POOL_GUARD_VALUE = '{"guards":"IPPool","note":"bumped by every IPPool write"}'
 
 
 class CorruptResourceError(DatastoreError):
@@ -142,31 +161,73 @@ class ResourceStore:
     def _write(
         self, resources: Sequence[Resource], *, must_exist: bool, must_not_exist: bool
     ) -> builtins.list[Resource]:
+        keys = [key_for(res) for res in resources]
         seen: set[str] = set()
-        for res in resources:
-            k = key_for(res)
+        for res, k in zip(resources, keys, strict=True):
             if k in seen:
                 raise ResourceConflictError(
                     f"{res.kind} {res.metadata.name!r} appears twice in the input"
                 )
             seen.add(k)
+        pools = any(isinstance(res, IPPool) for res in resources)
         for _ in range(MAX_TXN_RETRIES):
-            plans = [_Planned(r, key_for(r), self.store.get(key_for(r))) for r in resources]
+            # The guard is read before the pools are listed: a pool written after this read
+            # changes the guard, and then the transaction below fails and is retried.
+            guard = self.store.get(POOL_GUARD_KEY) if pools else None
+            listing = self.store.list(kind_prefix(IPPool.KIND)) if pools else None
+            stored_pools = {kv.key: kv for kv in listing.items} if listing else {}
+            plans = [
+                _Planned(r, k, stored_pools.get(k) if isinstance(r, IPPool) else self.store.get(k))
+                for r, k in zip(resources, keys, strict=True)
+            ]
             compares: builtins.list[Compare] = []
             ops: builtins.list[Op] = []
             for p in plans:
                 self._check_preconditions(p, must_exist, must_not_exist)
                 compares.append(Compare(p.key, p.current.mod_revision if p.current else 0))
-                ops.append(Put(p.key, self.encode(self._stamp(p))))
-            compares += self._validate_set(plans)
+                ops.append(Put(p.key, self._stored_value(p)))
+            if listing is not None:
+                check_pools(
+                    [p.resource for p in plans if isinstance(p.resource, IPPool)],
+                    [self.decode(IPPool, kv) for kv in listing.items],
+                )
+                compares.append(Compare(POOL_GUARD_KEY, guard.mod_revision if guard else 0))
+                ops.append(_bump_pool_guard())
             result = self.store.txn(compares, ops)
             if result.succeeded:
-                return [
-                    p.resource.with_metadata(resource_version=str(result.revision)) for p in plans
-                ]
+                version = str(result.revision)
+                return [_with_resource_version(p.resource, version) for p in plans]
         raise ResourceConflictError(
             "the datastore kept changing while applying; nothing was written, try again"
         )
+
+    def _stored_value(self, p: _Planned) -> str:
+        """What ``p`` stores: stamped, with kept secrets, within the size limit."""
+        res = self._stamp(replace(p, resource=self._keep_secret(p)))
+        value = self.encode(res)
+        check_stored_size(res, len(value.encode()))
+        return value
+
+    def _keep_secret(self, p: _Planned) -> Resource:
+        """A BGPPeer whose password is the redaction marker keeps the stored password.
+
+        ``tortie get -o yaml`` prints the marker instead of the password, so that output
+        applied back (the usual edit cycle) must not turn the marker into the password.
+        """
+        res = p.resource
+        if not isinstance(res, BGPPeer) or not is_redacted(res):
+            return res
+        stored = self.decode(BGPPeer, p.current) if p.current is not None else None
+        password = stored.spec.password if stored is not None else None
+        if password is None or password.value is None or password.value == REDACTED:
+            raise ValidationError(
+                f"{REDACTED!r} stands for the stored password, but this BGPPeer has no "
+                "stored password to keep; give the password itself (or a secretKeyRef)",
+                field="spec.password.value",
+                kind=res.KIND,
+                name=res.metadata.name,
+            )
+        return res.with_spec(password=password)
 
     def _check_preconditions(self, p: _Planned, must_exist: bool, must_not_exist: bool) -> None:
         res = p.resource
@@ -200,32 +261,19 @@ class ResourceStore:
         )
         return p.resource.with_metadata(**meta)
 
-    def _validate_set(self, plans: Sequence[_Planned]) -> builtins.list[Compare]:
-        """Cross-resource validation; returns extra guards for the state it relied on."""
-        new_pools = [p.resource for p in plans if isinstance(p.resource, IPPool)]
-        if not new_pools:
-            return []
-        listing = self.store.list(kind_prefix(IPPool.KIND))
-        existing = [self.decode(IPPool, kv) for kv in listing.items]
-        check_pools(new_pools, existing)
-        # Guard on the whole pool set: any pool created/changed meanwhile -> retry.
-        planned = {p.key for p in plans}
-        return [Compare(kv.key, kv.mod_revision) for kv in listing.items if kv.key not in planned]
-
     def delete(self, cls: type[R], name: str, namespace: str | None = None) -> R:
         key = resource_key(cls.KIND, name, namespace)
         kv = self.store.get(key)
         if kv is None:
             raise ResourceNotFoundError(cls.KIND, name, namespace)
         old = self.decode(cls, kv)
-        try:
-            self.store.delete(key, kv.mod_revision)
-        except ConflictError as err:
-            raise ResourceConflictError(
-                f"{cls.KIND} {name!r} changed while deleting it; try again"
-            ) from err
-        except NotFoundError as err:
-            raise ResourceNotFoundError(cls.KIND, name, namespace) from err
+        ops: builtins.list[Op] = [Delete(key)]
+        if cls is IPPool:
+            ops.append(_bump_pool_guard())
+        if not self.store.txn([Compare(key, kv.mod_revision)], ops).succeeded:
+            if self.store.get(key) is None:
+                raise ResourceNotFoundError(cls.KIND, name, namespace)
+            raise ResourceConflictError(f"{cls.KIND} {name!r} changed while deleting it; try again")
         return old
 
     def delete_many(
@@ -246,8 +294,25 @@ class ResourceStore:
                 compares.append(Compare(k, kv.mod_revision))
                 ops.append(Delete(k))
                 deleted.append(res)
+            if any(isinstance(res, IPPool) for res in deleted):
+                ops.append(_bump_pool_guard())
             if self.store.txn(compares, ops).succeeded:
                 return deleted
         raise ResourceConflictError(
             "the datastore kept changing while deleting; nothing was deleted, try again"
         )
+
+
+def _bump_pool_guard() -> Put:
+    """The op that every transaction writing or deleting an IPPool carries.
+
+    A put changes the key's ``mod_revision`` even when the value is the same, so a writer
+    that compared the guard's revision loses to any pool write since its read.
+    """
+    return Put(POOL_GUARD_KEY, _POOL_GUARD_VALUE)
+
+
+def _with_resource_version(res: Resource, version: str) -> Resource:
+    # A copy without re-validation: the resource was validated, and a revision is a string.
+    meta = res.metadata.model_copy(update={"resource_version": version})
+    return res.model_copy(update={"metadata": meta})
