@@ -28,38 +28,91 @@ Hazards:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
 from tortie.model.errors import ValidationError
 from tortie.model.fields import API_VERSION, show
 from tortie.model.kinds import KIND_CLASSES, kind_names, resolve_kind, suggest_kind
+from tortie.model.nesting import MAX_DEPTH, json_too_deep
 from tortie.model.resources import Resource
 
-__all__ = ["dump_documents", "load_documents", "parse_document"]
+__all__ = ["MAX_DEPTH", "MAX_INPUT_BYTES", "dump_documents", "load_documents", "parse_document"]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 _DROPPED_TAGS = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
+# Inputs larger than this are refused before parsing. Apiserver requests stop at 3 MiB and one
+# resource at 1.5 MiB (etcd); an apply here may carry thousands of resources (5,000 IPPools
+# are 0.8 MiB of YAML), so the limit is larger, but bounds the memory and time one apply can
+# take (16 MiB of YAML: ~10 s and a few hundred MiB to parse).
+MAX_INPUT_BYTES = 16 * 1024 * 1024
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without timestamps and base-60 numbers, and refusing duplicate keys."""
+
+class _Resolver(yaml.resolver.Resolver):
+    """YAML 1.1 resolution without timestamps and base-60 numbers (see below)."""
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in _DROPPED_TAGS]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
     }
 
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    """The safe constructor, refusing duplicate keys and documents nested too deep."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # Measured on the node graph, not the text: aliases can nest a document deeper than
+        # its text does (``&b [*a]``, ``&c [*b]``, ...) or make it contain itself (``&a [*a]``).
+        deep = _too_deep(node)
+        if deep is not None:
+            raise ConstructorError(None, None, _nesting_problem(), deep.start_mark)
+        return super().construct_document(node)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: list[Any] = []
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue  # merged keys may legitimately be overridden
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep=deep)  # its error
+        # Merged keys (``<<: *base``) may be overridden; the keys written here may not repeat.
+        written = [key for key, _ in node.value if key.tag != _MERGE_TAG]
+        merges = len(written) != len(node.value)
+        self.flatten_mapping(node)
+        # BaseConstructor.construct_mapping, with plain strings taken as they are: most keys
+        # and values of a manifest are, and construct_object costs ~4 us each (a label map of
+        # 100k entries: 0.8 s). Strings are immutable, so sharing through aliases is moot.
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if type(key_node) is yaml.ScalarNode and key_node.tag == _STR_TAG:
+                key: Any = key_node.value
+            else:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "found unhashable key",
+                        key_node.start_mark,
+                    )
+            if type(value_node) is yaml.ScalarNode and value_node.tag == _STR_TAG:
+                mapping[key] = value_node.value
+            else:
+                mapping[key] = self.construct_object(value_node, deep=deep)
+        # Without merges, fewer entries than keys means a duplicate: O(1) to notice, and the
+        # search for which one runs only then (a list search was O(n^2): 32k labels, 10 s).
+        if merges or len(mapping) != len(written):
+            self._refuse_duplicates(node, written)
+        return mapping
+
+    def _refuse_duplicates(self, node: yaml.MappingNode, keys: list[yaml.Node]) -> None:
+        seen: set[Any] = set()
+        for key_node in keys:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise ConstructorError(
@@ -68,11 +121,44 @@ class _Loader(yaml.SafeLoader):
                     f"found duplicate key {key!r}",
                     key_node.start_mark,
                 )
-            seen.append(key)
-        return super().construct_mapping(node, deep=deep)
+            seen.add(key)
 
 
-_Loader.add_implicit_resolver(
+class _PyLoader(
+    yaml.reader.Reader,
+    yaml.scanner.Scanner,
+    yaml.parser.Parser,
+    yaml.composer.Composer,
+    _Constructor,
+    _Resolver,
+):
+    """PyYAML's own (Python) parser: the loader where PyYAML was built without libyaml."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        _Constructor.__init__(self)
+        _Resolver.__init__(self)
+
+
+_Loader: type[_PyLoader] = _PyLoader
+if yaml.__with_libyaml__:
+    # libyaml parses about 7 times faster than PyYAML's Python parser (5,000 IPPools: 0.4 s
+    # against 2.9 s); both give the same events, and the construction stays in Python.
+    from yaml._yaml import CParser
+
+    class _CLoader(CParser, _Constructor, _Resolver):
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _Constructor.__init__(self)
+            _Resolver.__init__(self)
+
+    _Loader = _CLoader  # type: ignore[assignment]
+
+
+_Resolver.add_implicit_resolver(
     "tag:yaml.org,2002:int",
     re.compile(
         r"""^(?:[-+]?0b[0-1_]+
@@ -83,7 +169,7 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789"),
 )
-_Loader.add_implicit_resolver(
+_Resolver.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
@@ -94,6 +180,56 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+def _nesting_problem() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep (the limit is {MAX_DEPTH})"
+
+
+def _too_deep(root: yaml.Node) -> yaml.Node | None:
+    """A collection more than :data:`MAX_DEPTH` levels down the graph under ``root``, or None.
+
+    Level by level, each level's nodes deduplicated (an alias is a shared node): at most
+    ``MAX_DEPTH + 1`` levels of at most every node each, and a cycle never runs out of
+    levels, so it is found too deep. No recursion.
+    """
+    level: dict[int, yaml.Node] = {id(root): root} if isinstance(root, _COLLECTIONS) else {}
+    for _ in range(MAX_DEPTH):
+        below: dict[int, yaml.Node] = {}
+        for node in level.values():
+            for child in _children(node):
+                if isinstance(child, _COLLECTIONS):
+                    below[id(child)] = child
+        if not below:
+            return None
+        level = below
+    return next(iter(level.values()), None)
+
+
+_COLLECTIONS = (yaml.SequenceNode, yaml.MappingNode)
+
+
+def _children(node: yaml.Node) -> Iterator[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
+    else:
+        yield from node.value
+
+
+@functools.cache
+def _parser_limits_nesting() -> bool:
+    """Whether the parser itself refuses deep nesting (recent libyaml stops at 1,000 levels),
+    so composing a document cannot recurse deeper than that. Checked once, on first use."""
+    loader = _Loader("[" * 1001 + "]" * 1001)
+    try:
+        loader.get_single_node()
+    except yaml.YAMLError:
+        return True
+    finally:
+        loader.dispose()
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,34 +334,94 @@ def _list_items(doc: Mapping[str, Any], source: str, index: int) -> Iterator[Res
 
 def _documents(text: str, source: str) -> list[tuple[int, Any]]:
     """``(1-based index, parsed value)`` for every document of the stream."""
-    json_error: json.JSONDecodeError | None = None
+    _check_size(text, source)
+    json_error: ValidationError | None = None
     if text.lstrip().startswith(("{", "[")):
-        try:
-            return [(1, json.loads(text, object_pairs_hook=_no_duplicate_keys))]
-        except json.JSONDecodeError as exc:
-            json_error = exc  # maybe YAML flow style; report this if YAML fails too
-        except _DuplicateKeyError as exc:
-            raise ValidationError(str(exc), source=source, document=1) from None
-    docs: list[tuple[int, Any]] = []
+        if json_too_deep(text):
+            json_error = ValidationError(f"invalid JSON: {_nesting_problem()}", source=source)
+        else:
+            try:
+                return [(1, json.loads(text, object_pairs_hook=_no_duplicate_keys))]
+            except json.JSONDecodeError as exc:
+                # Maybe YAML flow style; report this if YAML fails too.
+                json_error = ValidationError(
+                    f"invalid JSON: {exc.msg}", source=source, line=exc.lineno, column=exc.colno
+                )
+            except _DuplicateKeyError as exc:
+                raise ValidationError(str(exc), source=source, document=1) from None
     try:
-        for doc in yaml.load_all(text, Loader=_Loader):  # _Loader is a SafeLoader
-            docs.append((len(docs) + 1, doc))
-    except yaml.YAMLError as exc:
+        return _yaml_documents(text, source)
+    except ValidationError:
         if json_error is not None:
+            raise json_error from None
+        raise
+
+
+def _check_size(text: str, source: str) -> None:
+    # Characters are at most bytes: only a long text needs encoding to be measured.
+    if len(text) * 4 > MAX_INPUT_BYTES:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_INPUT_BYTES:
             raise ValidationError(
-                f"invalid JSON: {json_error.msg}",
+                f"the input is {size} bytes; the limit is {MAX_INPUT_BYTES} (16 MiB): "
+                "split it into several files",
                 source=source,
-                line=json_error.lineno,
-                column=json_error.colno,
-            ) from None
+            )
+
+
+_STARTS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_ENDS = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _yaml_documents(text: str, source: str) -> list[tuple[int, Any]]:
+    if not _parser_limits_nesting():
+        _check_yaml_depth(text, source)
+    docs: list[tuple[int, Any]] = []
+    loader = _Loader(text)
+    try:
+        while loader.check_data():  # type: ignore[no-untyped-call]  # stub lacks types
+            docs.append((len(docs) + 1, loader.get_data()))
+    except yaml.YAMLError as exc:
         raise _yaml_error(exc, source, len(docs) + 1) from None
+    finally:
+        loader.dispose()
     return docs
+
+
+_STARTS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_ENDS = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _check_yaml_depth(text: str, source: str) -> None:
+    """Refuse a deep document from its events alone, before the composer (which recurses once
+    per level) sees it: for parsers that do not limit nesting themselves."""
+    loader = _Loader(text)
+    document = 1
+    try:
+        depth = 0
+        while loader.check_event():
+            event = loader.get_event()  # type: ignore[no-untyped-call]
+            kind = type(event)
+            if kind in _STARTS:
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ComposerError(None, None, _nesting_problem(), event.start_mark)
+            elif kind in _ENDS:
+                depth -= 1
+            elif kind is yaml.DocumentEndEvent:
+                document += 1
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source, document) from None
+    finally:
+        loader.dispose()
 
 
 def _yaml_error(exc: yaml.YAMLError, source: str, document: int) -> ValidationError:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     context = getattr(exc, "context", None)
+    if "maximum nesting depth" in problem:  # libyaml's own limit (1,000): say ours
+        problem, context = _nesting_problem(), None
     message = f"invalid YAML: {problem}"
     if context and "duplicate key" not in problem:
         message += f" ({context})"
