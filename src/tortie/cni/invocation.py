@@ -13,6 +13,10 @@ Invariants (libcni's rules, so tortie refuses what the reference plugins refuse)
   GC and STATUS none. All missing ones are named in one error.
 - VERSION never fails on its input: it answers with the versions this plugin supports.
 - ``CNI_NETNS`` is made absolute here: the agent resolves it in another working directory.
+- stdin is UTF-8 JSON of at most :data:`MAX_STDIN` bytes nested at most
+  :data:`~tortie.model.nesting.MAX_DEPTH` deep, checked before parsing (Python's JSON parser
+  recurses per level: a deep config was a RecursionError, and no error JSON at all). Whatever
+  the bytes, reading them ends in a config or a :class:`CniError` with code 6.
 
 Stdlib only: this runs in every pod's plugin process.
 """
@@ -31,14 +35,17 @@ from tortie.cni.spec import (
     check_version,
     parse_cni_args,
 )
-from tortie.model.cniwire import Code, dumps, loads
+from tortie.model.cniwire import MAX_MESSAGE, Code, dumps, loads
+from tortie.model.nesting import MAX_DEPTH, NestingError, json_too_deep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any
+    from typing import Any, BinaryIO
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+# The config travels to the agent inside one request, which MAX_MESSAGE bounds.
+MAX_STDIN = MAX_MESSAGE
 _REQUIRED = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
     "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
@@ -78,23 +85,48 @@ class Invocation:
         return str(self.config["name"])
 
 
+def read_stdin(stream: BinaryIO) -> bytes:
+    """stdin, but never more than one byte past the limit (which :func:`parse_stdin` then
+    refuses); an unreadable stdin is code 5."""
+    try:
+        return stream.read(MAX_STDIN + 1)
+    except OSError as exc:
+        raise CniError(
+            Code.IO_FAILURE, "failed to read the network config from stdin", str(exc)
+        ) from None
+
+
+def parse_stdin(stdin: bytes) -> Any:
+    """The JSON value on stdin; :class:`ValueError` (with a reason for people) if it is too
+    large, not UTF-8, nested too deep or not JSON."""
+    if len(stdin) > MAX_STDIN:
+        raise ValueError(f"it is larger than {MAX_STDIN} bytes, the limit")
+    stdin.decode("utf-8")  # UnicodeDecodeError is a ValueError; UTF-16/32 JSON is refused too
+    if json_too_deep(stdin, MAX_DEPTH):
+        raise NestingError(MAX_DEPTH)
+    return loads(stdin)
+
+
 def answer_version(stdin: bytes) -> str:
     """VERSION's output: the requested cniVersion if supported (else the latest), and ours."""
     version = LATEST_VERSION
     try:
-        doc = loads(stdin) if stdin.strip() else {}
+        doc = parse_stdin(stdin) if stdin.strip() else {}
         if isinstance(doc, dict) and doc.get("cniVersion") in SUPPORTED_VERSIONS:
             version = doc["cniVersion"]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass  # VERSION must answer whatever came on stdin
     return dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
 
 
 def reported_version(stdin: bytes) -> str:
-    """The cniVersion to put in an error: the config's if we support it, else the latest."""
+    """The cniVersion to put in an error: the config's if we support it, else the latest.
+
+    Never raises: it runs while reporting another error.
+    """
     try:
-        doc = loads(stdin)
-    except ValueError:
+        doc = parse_stdin(stdin)
+    except (ValueError, RecursionError):
         return LATEST_VERSION
     version = doc.get("cniVersion") if isinstance(doc, dict) else None
     return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
@@ -117,8 +149,8 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
     if not stdin.strip():
         raise CniError(Code.DECODE_FAILURE, "no network configuration on stdin")
     try:
-        doc = loads(stdin)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        doc = parse_stdin(stdin)
+    except ValueError as exc:  # too large or deep, JSONDecodeError, UnicodeDecodeError
         raise CniError(
             Code.DECODE_FAILURE, "failed to decode the network configuration", str(exc)
         ) from None

@@ -33,7 +33,13 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from tortie.cni.config import attachments, node_name, requested_ips
-from tortie.cni.invocation import answer_version, command_of, read_invocation, reported_version
+from tortie.cni.invocation import (
+    answer_version,
+    command_of,
+    read_invocation,
+    read_stdin,
+    reported_version,
+)
 from tortie.cni.spec import CniError, canonical_result, shape_result
 from tortie.model.cniwire import Code
 
@@ -84,9 +90,20 @@ def run(environ: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
             stdout.write(json.dumps(shape_result(result, inv.cni_version), indent=2) + "\n")
         return 0
     except CniError as err:
-        stdout.write(err.to_json(reported_version(stdin)) + "\n")
-        sys.stderr.write(f"tortie-ipam: {err.msg}\n")
-        return 1
+        return _fail(err, stdin, stdout)
+    except Exception as exc:  # a bug: still answer in the spec's format
+        import traceback
+
+        traceback.print_exc()
+        return _fail(
+            CniError(Code.INTERNAL, f"internal error in tortie-ipam: {exc!r}"), stdin, stdout
+        )
+
+
+def _fail(err: CniError, stdin: bytes, stdout: TextIO) -> int:
+    stdout.write(err.to_json(reported_version(stdin)) + "\n")
+    sys.stderr.write(f"tortie-ipam: {err.msg}\n")
+    return 1
 
 
 def _serve(
@@ -204,7 +221,11 @@ def _status(ipam: Any, node: str) -> None:
 
 
 def main() -> int:
-    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    try:
+        # At most one byte past the limit: read_invocation refuses it then (code 6).
+        stdin = b"" if sys.stdin is None or sys.stdin.isatty() else read_stdin(sys.stdin.buffer)
+    except CniError as err:
+        return _fail(err, b"", sys.stdout)
     status = run(os.environ, stdin, sys.stdout)
     sys.stdout.flush()
     return status

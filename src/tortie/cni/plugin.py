@@ -12,6 +12,7 @@ Invariants:
   error JSON on stdout and exit 1. A bug still yields error JSON (code 999), never a bare
   traceback the runtime cannot parse; the traceback goes to stderr.
 - VERSION is answered locally (the runtime may ask before the agent runs).
+- stdin is read up to one byte past its limit, never more (:mod:`tortie.cni.invocation`).
 - On ADD, a ``prevResult`` from an earlier plugin in the chain is kept: our interfaces,
   addresses and routes are appended to it.
 """
@@ -23,14 +24,20 @@ import sys
 
 from tortie.cni.client import call_agent
 from tortie.cni.config import build_request
-from tortie.cni.invocation import answer_version, command_of, read_invocation, reported_version
+from tortie.cni.invocation import (
+    answer_version,
+    command_of,
+    read_invocation,
+    read_stdin,
+    reported_version,
+)
 from tortie.cni.spec import CniError, merge_results, shape_result
 from tortie.model.cniwire import Code, dumps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import BinaryIO, TextIO
+    from typing import TextIO
 
 
 def run(environ: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
@@ -65,15 +72,6 @@ def _fail(err: CniError, stdin: bytes, stdout: TextIO) -> int:
     detail = f" ({err.details})" if err.details else ""
     sys.stderr.write(f"tortie: {err.msg}{detail}\n")
     return 1
-
-
-def read_stdin(stream: BinaryIO) -> bytes:
-    try:
-        return stream.read()
-    except OSError as exc:
-        raise CniError(
-            Code.IO_FAILURE, "failed to read the network config from stdin", str(exc)
-        ) from None
 
 
 def main() -> int:
