@@ -1,8 +1,12 @@
 """``tortie apply|create|replace|delete|get``: calicoctl's resource commands.
 
-Invariant: input is fully parsed and validated before anything is written, and the write is
-one all-or-nothing datastore transaction (see :mod:`tortie.datastore.resources`), so a bad
-document anywhere in the input changes nothing.
+Invariants:
+- Input is fully parsed and validated before anything is written, and the write is one
+  all-or-nothing datastore transaction (see :mod:`tortie.datastore.resources`), so a bad
+  document anywhere in the input changes nothing.
+- ``get`` never prints a secret unless asked (``--show-secrets``): a BGPPeer password is
+  printed as :data:`~tortie.model.resources.REDACTED` (calicoctl never prints one either: its
+  passwords are only secretKeyRefs). ``get -o yaml | apply -f -`` keeps the stored password.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 from tortie.ctl.common import open_store
 from tortie.ctl.tables import table
@@ -19,8 +24,8 @@ from tortie.datastore.resources import ResourceStore
 from tortie.errors import TortieError
 from tortie.model.errors import ValidationError
 from tortie.model.kinds import is_namespaced, resolve_kind
-from tortie.model.loader import dump_documents, load_documents
-from tortie.model.resources import Resource
+from tortie.model.loader import MAX_INPUT_BYTES, dump_documents, load_documents
+from tortie.model.resources import REDACTED, Resource, redact_secrets
 
 _YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -67,6 +72,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     g.add_argument("-n", "--namespace", help="namespace of namespaced kinds (default: default)")
     g.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
+    g.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help=f"print BGP passwords (default: {REDACTED}, which apply reads as 'keep the stored "
+        "password')",
+    )
     g.set_defaults(func=_get)
 
 
@@ -88,9 +99,17 @@ class Input:
 
 
 def read_resources(filename: str) -> Input:
-    """Parse every document of a file, a directory or stdin (``-``); raise on any error."""
+    """Parse every document of a file, a directory or stdin (``-``); raise on any error.
+
+    At most ``MAX_INPUT_BYTES`` are read in all (a directory's files together), and no more
+    than that is ever held: a larger input is refused before it is parsed.
+    """
+    budget = _Budget()
     if filename == "-":
-        texts = [("<stdin>", sys.stdin.read())]
+        # The bytes under the text stream (strict UTF-8, bounded), unless stdin was replaced
+        # by a text-only stream (embedding, tests): then its characters.
+        raw = getattr(sys.stdin, "buffer", None)
+        texts = [("<stdin>", budget.read("<stdin>", raw) if raw else budget.read_text(sys.stdin))]
     else:
         path = Path(filename)
         if path.is_dir():
@@ -99,7 +118,7 @@ def read_resources(filename: str) -> Input:
                 raise InputError(f"{filename}: directory has no .yaml, .yml or .json files")
         else:
             files = [path]
-        texts = [(str(f), _read_text(f)) for f in files]
+        texts = [(str(f), _read_text(f, budget)) for f in files]
     resources: list[Resource] = []
     sources: dict[tuple[str, str | None, str], str] = {}
     for source, text in texts:
@@ -111,12 +130,44 @@ def read_resources(filename: str) -> Input:
     return Input(resources, sources)
 
 
-def _read_text(f: Path) -> str:
+class _Budget:
+    """What is left of ``MAX_INPUT_BYTES`` for one command's input."""
+
+    def __init__(self) -> None:
+        self.left = MAX_INPUT_BYTES
+
+    def read(self, source: str, stream: BinaryIO) -> str:
+        data = stream.read(self.left + 1)
+        self._take(source, len(data))
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(
+                f"{source}: not UTF-8 text (byte {err.start}: {err.reason}); manifests are "
+                "UTF-8 YAML or JSON"
+            ) from None
+
+    def read_text(self, stream: TextIO) -> str:
+        text = stream.read(self.left + 1)
+        self._take("<stdin>", len(text.encode("utf-8", "surrogatepass")))
+        return text
+
+    def _take(self, source: str, size: int) -> None:
+        if size > self.left:
+            raise InputError(
+                f"{source}: the input is larger than {MAX_INPUT_BYTES} bytes (16 MiB, the limit "
+                "for all files of one command together): split it and apply the parts"
+            )
+        self.left -= size
+
+
+def _read_text(f: Path, budget: _Budget) -> str:
     try:
-        return f.read_text(encoding="utf-8")
+        with f.open("rb") as stream:
+            return budget.read(str(f), stream)
     except FileNotFoundError as err:
         raise InputError(f"{f}: no such file") from err
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise InputError(f"{f}: cannot read: {err}") from err
 
 
@@ -194,6 +245,17 @@ def _get(args: argparse.Namespace) -> int:
         found: list[Resource] = [rs.require(cls, name, ns) for name in args.names]
     else:
         found = list(rs.list(cls, ns))
+    if not args.show_secrets:
+        shown = [redact_secrets(r) for r in found]
+        hidden = sum(a is not b for a, b in zip(found, shown, strict=True))
+        if hidden and args.output in ("yaml", "json"):
+            # On stderr: stdout stays a manifest that apply reads back.
+            print(
+                f"note: {hidden} password(s) shown as {REDACTED} (--show-secrets prints them; "
+                "applying this output keeps the stored ones)",
+                file=sys.stderr,
+            )
+        found = shown
     if args.output in ("table", "wide"):
         sys.stdout.write(table(found, cls, args.output == "wide", namespaced))
         return 0
