@@ -246,20 +246,25 @@ class ResourceStore:
 
     def _stamp(self, p: _Planned) -> Resource:
         """Keep uid/creationTimestamp of the stored object; mint them for new ones."""
-        meta: dict[str, Any] = {"resource_version": None}
         old_meta: dict[str, Any] = {}
         if p.current is not None:
             try:
                 old_meta = json.loads(p.current.value).get("metadata", {})
-            except ValueError:
+            except (ValueError, AttributeError):
                 old_meta = {}
-        meta["uid"] = old_meta.get("uid") or p.resource.metadata.uid or self._new_uid()
-        meta["creation_timestamp"] = (
-            old_meta.get("creationTimestamp")
-            or p.resource.metadata.creation_timestamp
+        meta = p.resource.metadata
+        uid = _text(old_meta.get("uid")) or meta.uid or self._new_uid()
+        created = (
+            _text(old_meta.get("creationTimestamp"))
+            or meta.creation_timestamp
             or self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
         )
-        return p.resource.with_metadata(**meta)
+        # A copy, not a re-validation: only these three strings change (re-validating a
+        # resource re-checks every label: 0.4 s for 100k of them).
+        stamped = meta.model_copy(
+            update={"resource_version": None, "uid": uid, "creation_timestamp": created}
+        )
+        return p.resource.model_copy(update={"metadata": stamped})
 
     def delete(self, cls: type[R], name: str, namespace: str | None = None) -> R:
         key = resource_key(cls.KIND, name, namespace)
@@ -301,6 +306,11 @@ class ResourceStore:
         raise ResourceConflictError(
             "the datastore kept changing while deleting; nothing was deleted, try again"
         )
+
+
+def _text(value: object) -> str | None:
+    """A stored metadata string, or None if it is absent or not a string (a corrupt entry)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _bump_pool_guard() -> Put:
