@@ -1,25 +1,26 @@
 """Two `tortie apply` of overlapping IPPools at once, many times (issue 17, item 3).
 
-Each round races two CLI applies in two processes released together by a barrier. Each file
+Each round races two ``tortie apply`` processes, started together (a barrier). Each file
 holds ``fillers`` pools of its own (disjoint from everything; they widen the window between
 listing the pools and committing, as in the report) and one contested pool: 10.50.0.0/16 in
 one file, 10.50.1.0/24 in the other. Exactly one apply may win each round: the other must
 fail with "overlaps", and the store must then hold exactly one of the two contested pools.
 
-Shared by the unit tier (SQLite, tests/unit/datastore) and the interop tier (etcd). The
-workers are spawned once and run every round (importing tortie once per worker, not per
-round), so a round costs about one apply.
+Shared by the unit tier (SQLite, tests/unit/datastore) and the interop tier (etcd). After
+each round this process records what is stored and wipes the datastore for the next. The
+applies are real processes, not ``main()`` in a worker: one process opening the SQLite file
+again while it holds it open loses SQLite's locks (POSIX locks are per process and a close
+drops them all), which corrupts the test, not tortie's answer.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import multiprocessing
-from collections.abc import Callable
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 CONTESTED = {"race-wide": "10.50.0.0/16", "race-narrow": "10.50.1.0/24"}
 
@@ -59,29 +60,48 @@ def _pool(name: str, cidr: str) -> str:
     )
 
 
-def _worker(jobs: list[tuple[str, str]], index: int, barrier: Any, results: Any) -> None:
-    from tortie.ctl.main import main
+def stored_contested(url: str) -> tuple[str, ...]:
+    """The contested pools stored at ``url``."""
+    from tortie.datastore.factory import open_datastore
+    from tortie.datastore.resources import ResourceStore
+    from tortie.model.resources import IPPool
 
-    for n, (url, path) in enumerate(jobs):
-        barrier.wait(timeout=120)
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                code = main(["--datastore", url, "apply", "-f", path])
-        except BaseException as exc:  # report it: the parent is waiting for this round
-            code, err = 99, io.StringIO(f"{type(exc).__name__}: {exc}")
-        results.put((n, index, code, err.getvalue()))
+    store = open_datastore(url)
+    try:
+        names = [p.name for p in ResourceStore(store).list(IPPool)]
+    finally:
+        store.close()
+    return tuple(sorted(n for n in names if n in CONTESTED))
 
 
-def race(
-    urls: list[str],
-    workdir: Path,
-    *,
-    fillers: int,
-    stored_pools: Callable[[str], list[str]],
-    timeout: float = 300.0,
-) -> list[Outcome]:
-    """Race the two applies once per URL (each a prepared, empty datastore)."""
+def wipe(url: str) -> None:
+    """Delete every tortie key at ``url`` (in transactions etcd accepts: <= 128 ops)."""
+    from tortie.datastore.api import Delete
+    from tortie.datastore.factory import open_datastore
+
+    store = open_datastore(url)
+    try:
+        keys = [kv.key for kv in store.list("/tortie/").items]
+        for start in range(0, len(keys), 100):
+            store.txn([], [Delete(k) for k in keys[start : start + 100]])
+    finally:
+        store.close()
+
+
+def _apply(url: str, path: str, barrier: threading.Barrier) -> tuple[int, str]:
+    barrier.wait(timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tortie.ctl.main", "--datastore", url, "apply", "-f", path],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    return proc.returncode, proc.stderr.strip()
+
+
+def race(url: str, workdir: Path, *, fillers: int, rounds: int) -> list[Outcome]:
+    """Race the two applies ``rounds`` times on the datastore at ``url`` (wiped after each)."""
     if fillers > 255:
         raise ValueError("fillers are /24s in one /16: at most 255")
     files = []
@@ -89,32 +109,12 @@ def race(
         path = workdir / f"race-{index}.yaml"
         path.write_text(manifest(index, fillers))
         files.append(str(path))
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_worker,
-            args=([(url, files[index]) for url in urls], index, barrier, queue),
-            daemon=True,
-        )
-        for index in (0, 1)
-    ]
-    for p in procs:
-        p.start()
-    codes: dict[tuple[int, int], tuple[int, str]] = {}
-    try:
-        for _ in range(2 * len(urls)):
-            n, index, code, err = queue.get(timeout=timeout)
-            codes[(n, index)] = (code, err)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
     outcomes = []
-    for n, url in enumerate(urls):
-        (c0, e0), (c1, e1) = codes[(n, 0)], codes[(n, 1)]
-        stored = tuple(sorted(name for name in stored_pools(url) if name in CONTESTED))
-        outcomes.append(Outcome(n, (c0, c1), (e0.strip(), e1.strip()), stored))
+    with ThreadPoolExecutor(2) as pool:
+        for n in range(rounds):
+            barrier = threading.Barrier(2)
+            runs = [pool.submit(_apply, url, f, barrier) for f in files]
+            (c0, e0), (c1, e1) = (r.result() for r in runs)
+            outcomes.append(Outcome(n, (c0, c1), (e0, e1), stored_contested(url)))
+            wipe(url)
     return outcomes

@@ -13,40 +13,15 @@ import pytest
 
 import pool_race
 from tortie.datastore.factory import open_datastore
-from tortie.datastore.resources import ResourceStore
-from tortie.model.resources import BGPConfiguration, IPPool
 
 pytestmark = pytest.mark.unit
 
 ROUNDS = 10
 
 
-def _prepare(url: str) -> None:
-    store = open_datastore(url)
-    try:
-        ResourceStore(store).apply([BGPConfiguration.from_document(_BGP)])
-    finally:
-        store.close()
-
-
-_BGP = {
-    "apiVersion": "projectcalico.org/v3",
-    "kind": "BGPConfiguration",
-    "metadata": {"name": "default"},
-}
-
-
-def _pools(url: str) -> list[str]:
-    store = open_datastore(url)
-    try:
-        return [p.name for p in ResourceStore(store).list(IPPool)]
-    finally:
-        store.close()
-
-
 def test_overlapping_applies_at_once_one_wins_every_round(tmp_path: Path) -> None:
-    urls = [f"sqlite:///{tmp_path}/round-{n}.db" for n in range(ROUNDS)]
-    for url in urls:
-        _prepare(url)
-    outcomes = pool_race.race(urls, tmp_path, fillers=150, stored_pools=_pools)
+    url = f"sqlite:///{tmp_path}/race.db"
+    store = open_datastore(url)  # created here: the racing applies only write
+    store.close()
+    outcomes = pool_race.race(url, tmp_path, fillers=150, rounds=ROUNDS)
     assert [o.problem for o in outcomes if o.problem] == []
