@@ -391,6 +391,18 @@ def render_control(cp: dict[str, Any]) -> str:
                     f"{r.get('target', '')} |"
                 )
         lines.append("")
+    apply = cp.get("apply")
+    if apply:
+        lines += ["### tortie apply of large inputs (SQLite)", "", _run_line(apply), ""]
+        if apply.get("rows"):
+            lines += ["| input | runs | s | target (issue 17) |", "|---|---|---|---|"]
+            for r in apply["rows"]:
+                s = Spread(r["median_s"], r["min_s"], r["max_s"], r["runs"])
+                target = "" if r.get("target_s") is None else f"<= {r['target_s']} s"
+                if r.get("met") is not None:
+                    target += f" {verdict(r['met'])}"
+                lines.append(f"| {r['scenario']} | {r['runs']} | {s.fmt(2)} | {target} |")
+        lines.append("")
     bgp = cp.get("bgp")
     if bgp:
         lines += ["### BGP convergence", "", _run_line(bgp), ""]

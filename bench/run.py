@@ -11,7 +11,8 @@ Parts, in this order (``--only`` picks some):
    ``bench/cni.py`` (ADD/DEL latency, 10 concurrent ADDs), ``bench/ipam.py`` (assignments/s,
    run ``--ipam-repeats`` times for a spread), ``bench/routes.py`` (1k/10k routes, no-op
    resync), ``bench/bgp.py --json`` (convergence at 10 and 20 nodes), ``bench/repair.py
-   --json`` (uplink flap and foreign route delete until repaired; idle CPU, monitor on/off).
+   --json`` (uplink flap and foreign route delete until repaired; idle CPU, monitor on/off),
+   ``bench/apply.py --json`` (``tortie apply`` of 5,000 pools and of 100k labels).
 3. ``scale``: ``bench/scale.py`` in process: routes and sessions per node up to 5,000 nodes.
 4. ``ipip-cost``: ``bench/ipip_cost.py`` in process: instructions per byte of the ipip module
    against tortie's tc-BPF IPIP and the native path, counted in a qemu guest (6.12 kernel).
@@ -106,6 +107,7 @@ def control_benches(smoke: bool, bgp_agent_level: bool = True) -> dict[str, list
                 "bench/repair.py",
                 *("--rounds", "1", "--flap", "1", "--idle", "3", "--off-wait", "2", "--json"),
             ],
+            "apply": ["bench/apply.py", "--runs", "1", "--json"],
         }
     bgp = [
         "bench/bgp.py",
@@ -125,6 +127,7 @@ def control_benches(smoke: bool, bgp_agent_level: bool = True) -> dict[str, list
         "routes": ["bench/routes.py", "--runs", "5"],
         "bgp": bgp,
         "repair": ["bench/repair.py", "--rounds", "5", "--json"],
+        "apply": ["bench/apply.py", "--runs", "5", "--json"],
     }
 
 
@@ -224,6 +227,14 @@ def parse_cni(text: str) -> dict[str, Any]:
     }
 
 
+def parse_apply(text: str) -> list[dict[str, Any]]:
+    """``bench/apply.py --json``: one JSON object per scenario."""
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    if not rows:
+        raise ValueError("no JSON lines in bench/apply.py's output")
+    return rows
+
+
 def parse_bgp(text: str) -> list[dict[str, Any]]:
     """``bench/bgp.py --json``: one JSON object per configuration."""
     rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
@@ -293,6 +304,7 @@ def control(smoke: bool, ipam_repeats: int, log: Log, timeout: float) -> dict[st
         "routes": lambda t: {"rows": parse_routes(t)},
         "bgp": lambda t: {"rows": parse_bgp(t)},
         "repair": lambda t: {"result": parse_repair(t)},
+        "apply": lambda t: {"rows": parse_apply(t)},
     }
     benches = control_benches(smoke, bench_has_option("bench/bgp.py", "--agent-nodes"))
     for name, argv in benches.items():
