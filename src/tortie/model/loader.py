@@ -62,7 +62,7 @@ _DROPPED_TAGS = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int", "tag:ya
 # Inputs larger than this are refused before parsing. Apiserver requests stop at 3 MiB and one
 # resource at 1.5 MiB (etcd); an apply here may carry thousands of resources (5,000 IPPools
 # are 0.8 MiB of YAML), so the limit is larger, but bounds the memory and time one apply can
-# take (16 MiB of YAML: ~10 s and a few hundred MiB to parse).
+# take (16 MiB of YAML: ~10 s and a few hundred MiB to parse). All limits: docs/limits.md.
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 
 

@@ -18,6 +18,8 @@ Invariants:
   (C) before the loop, and UTF-8 never puts those ASCII bytes inside a multi-byte character.
 
 Hazard: this module is imported by the per-pod CNI plugin process: stdlib only, no ``re``.
+
+Facts (Go's and libyaml's limits): docs/limits.md.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ _LINK_LOCAL_V6 = "fe80::/10"
 _INT32_MAX = 2**31 - 1
 
 # Kubernetes' TotalAnnotationSizeLimitB (apimachinery's ValidateAnnotationsSize): the sum of
-# the UTF-8 lengths of every annotation key and value.
+# the UTF-8 lengths of every annotation key and value (docs/limits.md).
 MAX_ANNOTATIONS_BYTES = 256 * 1024
 # What 'tortie get' prints instead of a secret (and what apply reads as "keep the stored one").
 REDACTED = "<redacted>"

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # etcd's default --max-request-bytes (1.5 MiB), which is also what bounds a Kubernetes object:
-# a larger resource could be written to SQLite but never to etcd.
+# a larger resource could be written to SQLite but never to etcd (docs/limits.md).
 MAX_RESOURCE_BYTES = 1536 * 1024
 
 
