@@ -455,6 +455,9 @@ def render_control(cp: dict[str, Any]) -> str:
     if repair:
         lines += ["### Repair after kernel changes", "", _run_line(repair), ""]
         lines += render_repair(repair.get("result"))
+    cli = cp.get("cli")
+    if cli:
+        lines += render_cli(cli)
     return "\n".join(lines).rstrip()
 
 
@@ -497,6 +500,27 @@ def render_repair(r: dict[str, Any] | None) -> list[str]:
         f"once) | {idle} | not noticeably higher |",
         "",
     ]
+
+
+def render_cli(cli: dict[str, Any]) -> list[str]:
+    """``bench/cli.py``: each command's wall time as a whole process, against issue 17's
+    targets (verdict on the median)."""
+    lines = ["### CLI commands as whole processes", "", _run_line(cli), ""]
+    rows = cli.get("rows") or []
+    if rows:
+        lines += [
+            f"| command | wall ms, median (min-max) of {rows[0].get('runs')} | CPU ms | "
+            "target (issue 17) |",
+            "|---|---|---|---|",
+        ]
+        for r in rows:
+            wall = Spread(r["wall_ms"], r["wall_min_ms"], r["wall_max_ms"], r["runs"])
+            lines.append(
+                f"| `{r['label']}` | {wall.fmt(0)} | {r['cpu_ms']:.0f} | <= {r['target_ms']} ms: "
+                f"{verdict(bool(r['met']))} |"
+            )
+    lines.append("")
+    return lines
 
 
 # -- scale ----------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Parts, in this order (``--only`` picks some):
    run ``--ipam-repeats`` times for a spread), ``bench/routes.py`` (1k/10k routes, no-op
    resync), ``bench/bgp.py --json`` (convergence at 10 and 20 nodes), ``bench/repair.py
    --json`` (uplink flap and foreign route delete until repaired; idle CPU, monitor on/off),
-   ``bench/apply.py --json`` (``tortie apply`` of 5,000 pools and of 100k labels).
+   ``bench/apply.py --json`` (``tortie apply`` of 5,000 pools and of 100k labels),
+   ``bench/cli.py --json`` (``tortie`` commands as whole processes on SQLite and etcd).
 3. ``scale``: ``bench/scale.py`` in process: routes and sessions per node up to 5,000 nodes.
 4. ``ipip-cost``: ``bench/ipip_cost.py`` in process: instructions per byte of the ipip module
    against tortie's tc-BPF IPIP and the native path, counted in a qemu guest (6.12 kernel).
@@ -108,6 +109,7 @@ def control_benches(smoke: bool, bgp_agent_level: bool = True) -> dict[str, list
                 *("--rounds", "1", "--flap", "1", "--idle", "3", "--off-wait", "2", "--json"),
             ],
             "apply": ["bench/apply.py", "--runs", "1", "--json"],
+            "cli": ["bench/cli.py", "--rounds", "2", "--json"],
         }
     bgp = [
         "bench/bgp.py",
@@ -128,6 +130,7 @@ def control_benches(smoke: bool, bgp_agent_level: bool = True) -> dict[str, list
         "bgp": bgp,
         "repair": ["bench/repair.py", "--rounds", "5", "--json"],
         "apply": ["bench/apply.py", "--runs", "5", "--json"],
+        "cli": ["bench/cli.py", "--rounds", "15", "--json"],
     }
 
 
@@ -254,6 +257,14 @@ def parse_repair(text: str) -> dict[str, Any]:
     return result
 
 
+def parse_cli(text: str) -> list[dict[str, Any]]:
+    """``bench/cli.py --json``: one JSON object per command."""
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    if not rows:
+        raise ValueError("no JSON lines in bench/cli.py's output")
+    return rows
+
+
 # -- running a bench process --------------------------------------------------------------------
 def shown(argv: Sequence[str]) -> str:
     return " ".join([".venv/bin/python", *argv])
@@ -305,6 +316,7 @@ def control(smoke: bool, ipam_repeats: int, log: Log, timeout: float) -> dict[st
         "bgp": lambda t: {"rows": parse_bgp(t)},
         "repair": lambda t: {"result": parse_repair(t)},
         "apply": lambda t: {"rows": parse_apply(t)},
+        "cli": lambda t: {"rows": parse_cli(t)},
     }
     benches = control_benches(smoke, bench_has_option("bench/bgp.py", "--agent-nodes"))
     for name, argv in benches.items():

@@ -24,7 +24,6 @@ from tortie.datastore.resources import ResourceStore
 from tortie.errors import TortieError
 from tortie.model.errors import ValidationError
 from tortie.model.kinds import is_namespaced, resolve_kind
-from tortie.model.loader import MAX_INPUT_BYTES, dump_documents, load_documents
 from tortie.model.resources import REDACTED, Resource, redact_secrets
 
 _YAML_SUFFIXES = (".yaml", ".yml", ".json")
@@ -119,6 +118,8 @@ def read_resources(filename: str) -> Input:
         else:
             files = [path]
         texts = [(str(f), _read_text(f, budget)) for f in files]
+    from tortie.model.loader import load_documents  # YAML: not loaded by `tortie get`
+
     resources: list[Resource] = []
     sources: dict[tuple[str, str | None, str], str] = {}
     for source, text in texts:
@@ -134,7 +135,9 @@ class _Budget:
     """What is left of ``MAX_INPUT_BYTES`` for one command's input."""
 
     def __init__(self) -> None:
-        self.left = MAX_INPUT_BYTES
+        from tortie.model.loader import MAX_INPUT_BYTES  # YAML: not loaded by `tortie get`
+
+        self.limit = self.left = MAX_INPUT_BYTES
 
     def read(self, source: str, stream: BinaryIO) -> str:
         data = stream.read(self.left + 1)
@@ -155,7 +158,7 @@ class _Budget:
     def _take(self, source: str, size: int) -> None:
         if size > self.left:
             raise InputError(
-                f"{source}: the input is larger than {MAX_INPUT_BYTES} bytes (16 MiB, the limit "
+                f"{source}: the input is larger than {self.limit} bytes (16 MiB, the limit "
                 "for all files of one command together): split it and apply the parts"
             )
         self.left -= size
@@ -259,6 +262,8 @@ def _get(args: argparse.Namespace) -> int:
     if args.output in ("table", "wide"):
         sys.stdout.write(table(found, cls, args.output == "wide", namespaced))
         return 0
+    from tortie.model.loader import dump_documents  # YAML: only for -o yaml/json
+
     single = bool(args.names) and len(found) == 1
     text = dump_documents(found, args.output, single=single, kind=cls.KIND)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

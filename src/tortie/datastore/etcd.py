@@ -43,7 +43,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
-from pyetcd import etcdrpc
 
 from tortie.datastore.api import (
     AlreadyExistsError,
@@ -61,7 +60,11 @@ from tortie.datastore.api import (
     UnavailableError,
     WatchEvent,
 )
+from tortie.datastore.etcd_stubs import load_etcdrpc
 from tortie.datastore.memory import check_distinct_keys
+
+# Not `from pyetcd import etcdrpc`: that loads pyetcd's unused client too (etcd_stubs).
+etcdrpc: Any = load_etcdrpc()
 
 __all__ = ["DEFAULT_TIMEOUT", "EtcdDatastore", "EtcdWatch"]
 

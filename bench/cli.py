@@ -1,0 +1,252 @@
+"""How long a ``tortie`` command takes as a whole process, on SQLite and on etcd (issue 17, 14).
+
+Run:  .venv/bin/python bench/cli.py [--rounds 15] [--json] [--check]
+
+Commands, interleaved round by round so that drift on the machine hits them alike:
+``tortie version``; ``tortie get ippools`` on SQLite; ``tortie ipam assign`` then ``ipam
+release`` of the same handle, and ``get ippools``, on a private etcd (started from the
+``etcd`` binary on loopback ports and stopped by its PID). Each figure is the median wall time
+of the process (start to exit) with its min-max, and the median CPU time (user + system of
+the child) beside it: CPU time moves less when other jobs share the 2 cores.
+
+The commands run the way an installed tortie runs: the ``tortie`` console script next to this
+Python if there is one (else ``python -m tortie.ctl.main``), with compiled bytecode. This
+machine's environment sets ``PYTHONDONTWRITEBYTECODE``, which makes an editable checkout
+compile every module on every call (about 0.1 s more per command); the bench lifts it and
+keeps the bytecode in a private ``PYTHONPYCACHEPREFIX`` directory, warmed by one unmeasured
+call of each command.
+
+Targets (issue 17, item 14): ``get``/``version`` on SQLite <= 0.15 s; etcd commands <= 0.4 s.
+``--check`` exits 1 if a median misses its target. ``--json`` prints one JSON object per
+command after the table (``bench/run.py`` reads them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+POOL = """\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: bench-pool
+spec:
+  cidr: 10.77.0.0/16
+  ipipMode: Always
+  nodeSelector: all()
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    label: str
+    argv: tuple[str, ...]  # after the tortie command itself
+    backend: str  # "none", "sqlite" or "etcd"
+    target_s: float
+
+
+def cases(sqlite_url: str, etcd_url: str) -> list[Case]:
+    return [
+        Case("version", "tortie version", ("version",), "none", 0.15),
+        Case(
+            "get_sqlite",
+            "tortie get ippools (SQLite)",
+            ("--datastore", sqlite_url, "get", "ippools"),
+            "sqlite",
+            0.15,
+        ),
+        Case(
+            "assign_etcd",
+            "tortie ipam assign (etcd)",
+            ("--datastore", etcd_url, "ipam", "assign", "--node", "bench", "--handle", "bench-h"),
+            "etcd",
+            0.4,
+        ),
+        Case(
+            "release_etcd",
+            "tortie ipam release (etcd)",
+            ("--datastore", etcd_url, "ipam", "release", "--handle", "bench-h"),
+            "etcd",
+            0.4,
+        ),
+        Case(
+            "get_etcd",
+            "tortie get ippools (etcd)",
+            ("--datastore", etcd_url, "get", "ippools"),
+            "etcd",
+            0.4,
+        ),
+    ]
+
+
+def tortie_command() -> list[str]:
+    script = Path(sys.executable).with_name("tortie")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "tortie.ctl.main"]
+
+
+def child_env(pycache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    env.pop("TORTIE_DATASTORE", None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def private_etcd(tmp: Path) -> Iterator[str]:
+    binary = os.environ.get("TORTIE_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
+    if not os.access(binary, os.X_OK):
+        raise SystemExit("etcd not found: install etcd-server (scripts/install-deps)")
+    client, peer = _free_port(), _free_port()
+    c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    cmd = [
+        binary,
+        "--name=bench",
+        f"--data-dir={tmp}/etcd",
+        f"--listen-client-urls={c}",
+        f"--advertise-client-urls={c}",
+        f"--listen-peer-urls={p}",
+        f"--initial-advertise-peer-urls={p}",
+        f"--initial-cluster=bench={p}",
+    ]
+    with open(tmp / "etcd.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{c}/health", timeout=1) as r:
+                    if json.loads(r.read()).get("health") == "true":
+                        break
+            except (OSError, ValueError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"etcd did not start; see {tmp}/etcd.log")
+            time.sleep(0.1)
+        yield f"etcd://127.0.0.1:{client}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def timed(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one process; raises if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def measure(rounds: int, log: bool = True) -> list[dict[str, object]]:
+    tortie = tortie_command()
+    with tempfile.TemporaryDirectory(prefix="tortie-bench-cli-") as tmpdir:
+        tmp = Path(tmpdir)
+        env = child_env(tmp / "pyc")
+        sqlite_url = f"sqlite:///{tmp / 'cli.db'}"
+        with private_etcd(tmp) as etcd_url:
+            for url in (sqlite_url, etcd_url):
+                subprocess.run(
+                    [*tortie, "--datastore", url, "apply", "-f", "-"],
+                    input=POOL,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+            todo = cases(sqlite_url, etcd_url)
+            for case in todo:  # warm-up: compiles the bytecode; not measured
+                timed([*tortie, *case.argv], env)
+            walls: dict[str, list[float]] = {c.key: [] for c in todo}
+            cpus: dict[str, list[float]] = {c.key: [] for c in todo}
+            for n in range(rounds):
+                for case in todo:
+                    wall, cpu = timed([*tortie, *case.argv], env)
+                    walls[case.key].append(wall)
+                    cpus[case.key].append(cpu)
+                if log:
+                    print(f"  round {n + 1}/{rounds} done", file=sys.stderr, flush=True)
+    out: list[dict[str, object]] = []
+    for case in todo:
+        w, c = walls[case.key], cpus[case.key]
+        median = statistics.median(w)
+        out.append(
+            {
+                "key": case.key,
+                "label": case.label,
+                "backend": case.backend,
+                "runs": len(w),
+                "wall_ms": round(median * 1000, 1),
+                "wall_min_ms": round(min(w) * 1000, 1),
+                "wall_max_ms": round(max(w) * 1000, 1),
+                "cpu_ms": round(statistics.median(c) * 1000, 1),
+                "target_ms": round(case.target_s * 1000),
+                "met": median <= case.target_s,
+                "command": " ".join(["tortie", *case.argv]).replace(tmpdir, "$TMP"),
+            }
+        )
+    return out
+
+
+def render(rows: Sequence[dict[str, object]], command: Sequence[str]) -> str:
+    lines = [
+        f"tortie CLI as whole processes ({' '.join(command[1:]) or command[0]}), "
+        f"{rows[0]['runs'] if rows else 0} interleaved rounds, {os.cpu_count()} CPUs",
+        f"{'command':30} {'wall ms median (min-max)':>26} {'CPU ms':>7}  target",
+    ]
+    for r in rows:
+        wall = f"{r['wall_ms']:.0f} ({r['wall_min_ms']:.0f}-{r['wall_max_ms']:.0f})"
+        verdict = "met" if r["met"] else "MISSED"
+        lines.append(
+            f"{r['label']!s:30} {wall:>26} {r['cpu_ms']:>7.0f}  <= {r['target_ms']} ms {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--json", action="store_true", help="also one JSON line per command")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = ap.parse_args(argv)
+    rows = measure(args.rounds)
+    print(render(rows, tortie_command()))
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    return 1 if args.check and not all(r["met"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
