@@ -16,6 +16,10 @@ Invariants:
   (borrowed /32s, which must win over the block owner's route by longest prefix).
 - ``detach`` leaves the speaker running for the next agent (restart without route churn);
   ``stop`` withdraws and stops it (the node leaves).
+- A speaker that runs but does not answer (issue 17, 9b: ExaBGP stopped with SIGSTOP) is a
+  problem of the pass (``problem``: the node is not ready, the status file says why); the
+  speaker itself kills and restarts it after a third of the hold time
+  (:mod:`tortie.bgp.liveness`), as kubelet restarts calico-node when BIRD stops answering.
 
 - Start-up grace: a speaker just started (or adopted after an agent restart) knows nothing
   yet; for ``startup_grace`` seconds its learned routes are *added to* the datastore's view
@@ -150,7 +154,22 @@ class BgpDriver:
         if wanted != self.speaker.announced():
             self.speaker.set_announced(wanted)
             changes.append(f"announcing {len(wanted)} prefix(es)")
+        unresponsive = self.unresponsive()
+        if unresponsive:
+            self.problem = f"BGP speaker not responding: {unresponsive}"
         return changes
+
+    def unresponsive(self) -> str:
+        """Why the speaker does not answer (it runs but is stopped or wedged), or "".
+
+        The speaker judges this on its own thread (:mod:`tortie.bgp.liveness`), reports a
+        flip as a :class:`SpeakerHealth` event (which nudges the loop, so this pass sees it)
+        and kills a speaker that stays unresponsive past the restart threshold."""
+        describe = getattr(self.speaker, "describe_liveness", None)
+        liveness = getattr(self.speaker, "liveness", None)
+        if not callable(liveness) or not callable(describe):
+            return ""  # a speaker without liveness checks (test fakes)
+        return "" if liveness().responding else str(describe())
 
     def authoritative(self) -> bool:
         """Whether learned routes are complete (past the start-up grace)."""

@@ -32,6 +32,10 @@ Hazards:
   restart after a crash runs ``bird -R`` (graceful restart recovery).
 - BIRD has no End-of-RIB in its CLI; after our own restart a peer counts as resynced once its
   session has been up ``sync_delay`` seconds (1 s), then routes it did not resend go.
+- A BIRD that runs but does not answer (stopped, wedged) is what calico-node's ``-bird-live``
+  probe catches: here the poll is the probe. No answer for 5 s (or ``/proc`` says stopped):
+  "not responding"; after :func:`tortie.bgp.liveness.restart_after` it is killed (SIGKILL,
+  so peers keep our routes through graceful restart) and restarted with ``-R``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tortie.bgp.liveness import (
+    ANSWER_DEADLINE,
+    LivenessTracker,
+    restart_after,
+    stopped_detail,
+)
 from tortie.bgp.process import Supervised
 from tortie.bgp.routes import LearnedTable
 from tortie.bgp.speaker_base import DaemonSpeaker
@@ -406,6 +416,9 @@ class BirdSpeaker(DaemonSpeaker):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._pending_configure = False
+        self._liveness = LivenessTracker(restart_after(config))
+        self._answered_at = 0.0  # monotonic: the last poll BIRD answered
+        self._poll_error = ""
         self._daemon = Supervised(
             "bird",
             self._argv,
@@ -482,6 +495,7 @@ class BirdSpeaker(DaemonSpeaker):
             except BGPConfigError:
                 self._config = old
                 raise
+            self._liveness.restart_after = restart_after(config)
             events: list[SpeakerEvent] = list(
                 self._table.keep_only_peers(p.address for p in config.peers)
             )
@@ -551,7 +565,9 @@ class BirdSpeaker(DaemonSpeaker):
                         except BirdError as exc:
                             self._pending_configure = True
                             log.debug("configure still pending: %s", exc)
-                    self._poll()
+                    if self._poll():
+                        self._answered_at = time.monotonic()
+                    self._judge(self._liveness_problem(), "BIRD")
                 with self._lock:
                     events = self._table.expire(time.time())
                 self._emit(events)
@@ -569,7 +585,25 @@ class BirdSpeaker(DaemonSpeaker):
                 self._synced.clear()
         self._emit([SpeakerHealth(what == "restarted", what)])
 
-    def _poll(self) -> None:
+    def _liveness_problem(self) -> str | None:
+        """BIRD is stopped, or its control socket has not answered for ANSWER_DEADLINE."""
+        if not self._daemon.running:
+            return None
+        stopped = stopped_detail("BIRD", self._daemon.pid)
+        if stopped is not None:
+            return stopped
+        quiet = time.monotonic() - max(self._answered_at, time.monotonic() - self._daemon.uptime)
+        if quiet > ANSWER_DEADLINE:
+            return f"BIRD (PID {self._daemon.pid}) does not answer on {self._ctl_path}" + (
+                f": {self._poll_error}" if self._poll_error else ""
+            )
+        return None
+
+    def _on_wedged(self) -> None:
+        self._control.close()
+
+    def _poll(self) -> bool:
+        """Read sessions and learned routes from BIRD; False if it did not answer."""
         try:
             protocols = parse_protocols(self._control.request("show protocols"))
             routes = parse_bgp_routes(
@@ -577,7 +611,9 @@ class BirdSpeaker(DaemonSpeaker):
             )
         except BirdError as exc:
             log.debug("poll failed: %s", exc)
-            return
+            self._poll_error = str(exc)
+            return False
+        self._poll_error = ""
         now = time.time()
         events: list[SpeakerEvent] = []
         with self._lock:
@@ -616,6 +652,7 @@ class BirdSpeaker(DaemonSpeaker):
                     events.extend(self._table.sweep_stale(address))
             events.extend(self._table.keep_only_peers(wanted))
         self._emit(events)
+        return True
 
 
 if TYPE_CHECKING:  # mypy proves BirdSpeaker is a Speaker; nothing runs at import

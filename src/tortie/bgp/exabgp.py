@@ -33,6 +33,15 @@ What ExaBGP does *not* do, and how that is covered:
 - The local address and listen port are process-wide (environment), so changing them
   restarts ExaBGP (peers keep our routes through graceful restart meanwhile).
 
+Liveness (issue 17, 9b; :mod:`tortie.bgp.liveness`): a running process is not enough. The
+speaker asks its helper for ``status`` every 2 s; the helper says whether ExaBGP has answered
+its last command (it sends a comment command as a probe when ExaBGP is quiet); and
+``/proc/PID/stat`` says whether ExaBGP or the helper is stopped. Any of these wrong for 5 s
+makes the speaker "not responding" (a :class:`SpeakerHealth` event, and
+:meth:`ExaBGPSpeaker.liveness`); after :func:`tortie.bgp.liveness.restart_after` (a third of
+the hold time, at least 10 s) ExaBGP is killed and the supervisor restarts it, so peers see a
+closed session (graceful restart keeps our routes) instead of a hold-timer expiry.
+
 Invariants: events are delivered on this object's thread, one at a time, in order; the
 mirror of learned routes equals what was delivered; only the ExaBGP we started (or a
 previous agent started, identified by its PID file and command line) is ever signalled.
@@ -48,6 +57,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -61,6 +71,13 @@ from tortie.bgp.exabgp_helper import (
     DesiredPeer,
     route_from_json,
     status_from_json,
+)
+from tortie.bgp.liveness import (
+    ANSWER_DEADLINE,
+    PROBE_INTERVAL,
+    LivenessTracker,
+    restart_after,
+    stopped_detail,
 )
 from tortie.bgp.process import Supervised
 from tortie.bgp.routes import LearnedTable, RouteEvent
@@ -175,6 +192,7 @@ def render_config(config: SpeakerConfig, helper: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LIVENESS_CHECK_EVERY = 0.5  # seconds between two looks at /proc and the helper's answers
 REACTOR_SPEED = "10.0"  # ExaBGP's reactor.speed: idle poll timeout 100 ms (exabgp_env)
 
 
@@ -263,6 +281,14 @@ class ExaBGPSpeaker(DaemonSpeaker):
         self._stop = threading.Event()
         self._left = threading.Event()
         self._needs_restart = False
+        # Liveness (tortie.bgp.liveness): the helper is asked for its status every
+        # PROBE_INTERVAL on our connection; its answer says whether ExaBGP answers it.
+        self._liveness = LivenessTracker(restart_after(config))
+        self._status_sent_at: float | None = None  # monotonic; None: no question pending
+        self._next_status = 0.0
+        self._exabgp_silent = 0.0
+        self._helper_pid: int | None = None
+        self._next_check = 0.0
         self._conf_path = self.state_dir / CONFIG_NAME
         self._socket_path = self.state_dir / SOCKET_NAME
         if len(str(self._socket_path)) > 107:
@@ -334,6 +360,7 @@ class ExaBGPSpeaker(DaemonSpeaker):
             if config == old:
                 return
             self._write_files()
+            self._liveness.restart_after = restart_after(config)
             events: list[SpeakerEvent] = list(
                 self._table.keep_only_peers(p.address for p in config.peers)
             )
@@ -401,6 +428,8 @@ class ExaBGPSpeaker(DaemonSpeaker):
         with self._send_lock:
             self._sock = sock
         self._inbuf = b""
+        self._helper_pid = _peer_pid(sock)
+        self._status_sent_at, self._next_status, self._exabgp_silent = None, 0.0, 0.0
         with self._lock:
             doc = desired_state(self._config, self._announced).to_json()
         # Subscribe first: the snapshot reflects the helper before our desired state lands.
@@ -418,6 +447,7 @@ class ExaBGPSpeaker(DaemonSpeaker):
             return
         with contextlib.suppress(OSError):
             sock.close()
+        self._helper_pid, self._status_sent_at, self._exabgp_silent = None, None, 0.0
         log.info("helper connection closed: %s", why)
         with self._lock:
             # Until the helper (maybe a new one) tells us again, what we learned is stale.
@@ -444,6 +474,7 @@ class ExaBGPSpeaker(DaemonSpeaker):
             if what.startswith("exited"):
                 self._disconnect(what)
             self._emit([SpeakerHealth(what == "restarted", what)])
+        self._check_liveness()
         sock = self._sock
         if sock is None:
             if self._daemon.running:
@@ -482,6 +513,47 @@ class ExaBGPSpeaker(DaemonSpeaker):
             events = self._table.expire(time.time())
         self._emit(events)
 
+    # -- liveness (tortie.bgp.liveness) --------------------------------------------------------
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + LIVENESS_CHECK_EVERY
+        ask = self._sock is not None and self._status_sent_at is None and now >= self._next_status
+        if ask and self._send({"op": "status"}):
+            self._status_sent_at = now
+        self._judge(self._liveness_problem(now), "ExaBGP")
+
+    def _liveness_problem(self, now: float) -> str | None:
+        if not self._daemon.running:
+            return None  # an exit is the supervisor's business (reported, restarted)
+        stopped = stopped_detail("ExaBGP", self._daemon.pid) or stopped_detail(
+            "the ExaBGP helper", self._helper_pid
+        )
+        if stopped is not None:
+            return stopped
+        if self._sock is None:
+            if self._daemon.uptime > ANSWER_DEADLINE:
+                return f"its helper does not accept connections on {self._socket_path}"
+            return None  # starting: the helper's socket comes a moment later
+        if self._status_sent_at is not None and now - self._status_sent_at > ANSWER_DEADLINE:
+            return f"its helper (PID {self._helper_pid}) does not answer"
+        if self._exabgp_silent > ANSWER_DEADLINE:
+            return f"ExaBGP (PID {self._daemon.pid}) has not answered a command"
+        return None
+
+    def _on_wedged(self) -> None:
+        self._disconnect("killing an unresponsive ExaBGP")
+
+    def _status_answer(self, msg: Mapping[str, Any]) -> None:
+        self._status_sent_at = None
+        self._next_status = time.monotonic() + PROBE_INTERVAL
+        exa = msg.get("exabgp")
+        silent = exa.get("silent_for") if isinstance(exa, dict) else None
+        # An older helper (adopted from an older agent) says nothing: take that as answered.
+        self._exabgp_silent = float(silent) if isinstance(silent, int | float) else 0.0
+
     def _handle_line(self, line: bytes) -> None:
         try:
             msg = json.loads(line)
@@ -511,6 +583,8 @@ class ExaBGPSpeaker(DaemonSpeaker):
                         events = [PeerChanged(row)]
                 elif kind == "left":
                     self._left.set()
+                elif kind == "status":
+                    self._status_answer(msg)
                 elif kind == "error":
                     log.warning("the helper refused a request: %s", msg.get("error"))
         except (ValueError, KeyError, TypeError) as exc:
@@ -544,6 +618,16 @@ class ExaBGPSpeaker(DaemonSpeaker):
             thread.join(5.0)
         self._thread = None
         self._disconnect("stopped")
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The PID at the other end of a unix socket (SO_PEERCRED), if the kernel says."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = struct.unpack("3i", creds)[0]
+    return pid if pid > 0 else None
 
 
 if TYPE_CHECKING:  # mypy proves ExaBGPSpeaker is a Speaker; nothing runs at import

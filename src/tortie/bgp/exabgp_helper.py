@@ -21,13 +21,19 @@ Behaviour:
 - The desired state (peers, announced set, graceful restart time) is read at start from the
   JSON file the agent writes next to ExaBGP's config, so after an ExaBGP restart the helper
   re-announces at once, before the agent has even reconnected.
+- Liveness (:mod:`tortie.bgp.liveness`): ExaBGP acknowledges every command, so the helper
+  notes when it wrote one that has had no line from ExaBGP since, and writes a harmless
+  comment command (``# tortie-probe``) whenever ExaBGP has been silent for 2 s. ``status``
+  answers say how long ExaBGP has owed an answer (``exabgp.silent_for``) and its PID: a
+  frozen ExaBGP shows up there while this helper, a separate process, still answers.
 
 Socket protocol (JSON, one object per line). Requests: ``{"op": "subscribe"}`` (answered by a
 ``snapshot``, then every ``route``/``peer``/``synced`` event), ``{"op": "desired", ...}``
 (the desired-state document; ``"reload": true`` also makes ExaBGP re-read its config),
-``{"op": "status"}`` (one ``status`` answer), ``{"op": "leave"}`` (withdraw everything and
-announce nothing any more, answered by ``left`` once the withdrawals are written to ExaBGP:
-used before a deliberate stop, see :meth:`HelperState.leave`).
+``{"op": "status"}`` (one ``status`` answer: peer rows, counts, ExaBGP's PID and liveness),
+``{"op": "leave"}`` (withdraw everything and announce nothing any more, answered by ``left``
+once the withdrawals are written to ExaBGP: used before a deliberate stop, see
+:meth:`HelperState.leave`).
 
 Invariants: nothing ExaBGP or a client sends can crash the helper (bad lines are logged to
 stderr, which is ExaBGP's log); a client that stops reading is dropped once 16 MB are queued
@@ -54,6 +60,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tortie.bgp import exabgp_api as api
+from tortie.bgp.liveness import PROBE_COMMAND, PROBE_INTERVAL
 from tortie.bgp.routes import LearnedTable, RouteEvent
 from tortie.bgp.types import LearnedRoute, PeerStatus, RouteAdded
 
@@ -164,6 +171,30 @@ class HelperState:
     commands: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    # Liveness of ExaBGP (monotonic seconds): every command we write is answered (api.ack),
+    # so a command with no line from ExaBGP since is an unanswered question.
+    heard_at: float = field(default_factory=time.monotonic)
+    waiting_since: float | None = None
+
+    # -- ExaBGP's liveness (see tortie.bgp.liveness) ---------------------------------------
+
+    def heard(self, now: float) -> None:
+        """ExaBGP wrote a line: its reactor runs."""
+        self.heard_at, self.waiting_since = now, None
+
+    def sent(self, now: float) -> None:
+        """We wrote commands: ExaBGP owes an answer from now on (if it did not already)."""
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def probe(self, now: float) -> None:
+        """Ask ExaBGP something harmless when it has been silent for PROBE_INTERVAL."""
+        if self.waiting_since is None and now - self.heard_at >= PROBE_INTERVAL:
+            self.commands.append(PROBE_COMMAND)
+
+    def silent_for(self, now: float) -> float:
+        """How long the oldest unanswered command has waited (0: nothing owed)."""
+        return 0.0 if self.waiting_since is None else max(0.0, now - self.waiting_since)
 
     # -- the agent's side ---------------------------------------------------------------
 
@@ -395,6 +426,7 @@ class Helper:
                 else:
                     self._client_io(key.data, mask)
             self.state.expire(time.time())
+            self.state.probe(time.monotonic())
             self._flush()
         except Exception:  # a bug here must not lose the learned routes: log, go on
             log.exception("helper loop")
@@ -424,6 +456,8 @@ class Helper:
             return False
         self.stdin_buf += data
         *lines, self.stdin_buf = self.stdin_buf.split(b"\n")
+        if lines:
+            self.state.heard(time.monotonic())
         if len(self.stdin_buf) > MAX_LINE:
             log.error("dropping %d bytes from ExaBGP without a newline", len(self.stdin_buf))
             self.stdin_buf = b""
@@ -489,6 +523,12 @@ class Helper:
                     "peers": [status_to_json(r) for r in self.state.rows()],
                     "learned": len(self.state.table),
                     "announced": len(self.state.desired.announced),
+                    # Who ExaBGP is and whether it answers: `tortie node status` and the
+                    # agent judge its liveness by this (tortie.bgp.liveness).
+                    "exabgp": {
+                        "pid": os.getppid(),
+                        "silent_for": round(self.state.silent_for(time.monotonic()), 1),
+                    },
                 },
             )
         elif op == "desired":
@@ -512,6 +552,7 @@ class Helper:
     def _flush(self) -> None:
         commands, self.state.commands = self.state.commands, []
         if commands:
+            self.state.sent(time.monotonic())
             try:
                 self.stdout.write("".join(c + "\n" for c in commands))
                 self.stdout.flush()

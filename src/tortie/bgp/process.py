@@ -11,7 +11,9 @@ Invariants:
 - ``start`` adopts a still-running daemon of ours (matching PID file and command line)
   instead of starting a second one; an adopted daemon is watched by polling ``/proc``.
 - A daemon that exits is restarted after a backoff that doubles from ``min_backoff`` to
-  ``max_backoff`` and resets once a run lasted ``stable_after`` seconds.
+  ``max_backoff`` and resets once a run lasted ``stable_after`` seconds. A daemon its owner
+  judged wedged (:mod:`tortie.bgp.liveness`) is killed (:meth:`Supervised.kill`) and then
+  restarted the same way.
 - Daemons run in their own session (a Ctrl-C aimed at the agent does not reach them) and, given
   ``netns``, in that network namespace through ``nsenter`` (which execs, so the PID is the
   daemon's own).
@@ -123,6 +125,11 @@ class Supervised:
     def adopted(self) -> bool:
         return self._adopted is not None
 
+    @property
+    def uptime(self) -> float:
+        """Seconds since this run was started or adopted (0 when not running)."""
+        return max(0.0, self._clock() - self._started_at) if self.running else 0.0
+
     def _owned(self, pid: int) -> bool:
         cmdline = _cmdline(pid)
         return cmdline is not None and self.marker in cmdline
@@ -230,6 +237,15 @@ class Supervised:
             os.kill(pid, sig)
             return True
         return False
+
+    def kill(self, why: str) -> bool:
+        """SIGKILL the daemon because it is wedged (a stopped process cannot act on SIGTERM);
+        :meth:`poll` then sees the exit and restarts it with the usual backoff. True if sent."""
+        pid = self.pid
+        if not self.send_signal(signal.SIGKILL):
+            return False
+        log.error("%s (PID %s): %s; killed it, the supervisor restarts it", self.name, pid, why)
+        return True
 
     def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
         """Stop the daemon (``sig``, then SIGKILL after ``timeout``) and do not restart it."""

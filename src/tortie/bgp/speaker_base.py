@@ -17,9 +17,17 @@ import threading
 from collections.abc import Iterable
 from ipaddress import IPv4Network
 
+from tortie.bgp.liveness import Liveness, LivenessTracker
 from tortie.bgp.process import Supervised
 from tortie.bgp.routes import LearnedTable
-from tortie.bgp.types import EventCallback, LearnedRoute, PeerStatus, SpeakerConfig, SpeakerEvent
+from tortie.bgp.types import (
+    EventCallback,
+    LearnedRoute,
+    PeerStatus,
+    SpeakerConfig,
+    SpeakerEvent,
+    SpeakerHealth,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +40,38 @@ class DaemonSpeaker:
     _table: LearnedTable
     _peers: dict[str, PeerStatus]
     _daemon: Supervised
+    _liveness: LivenessTracker
 
     @property
     def running(self) -> bool:
         return self._daemon.running
+
+    def liveness(self) -> Liveness:
+        """Whether the daemon answers, not only exists (:mod:`tortie.bgp.liveness`)."""
+        return self._liveness.current
+
+    def describe_liveness(self) -> str:
+        return self._liveness.describe()
+
+    def _judge(self, problem: str | None, name: str) -> None:
+        """Fold one liveness observation in; report flips; kill the daemon when it has not
+        answered for the restart threshold (its supervisor restarts it). Speaker thread."""
+        if self._liveness.observe(problem):
+            if problem is None:
+                log.warning("%s answers again", name)
+                self._emit([SpeakerHealth(True, f"{name} answers again")])
+            else:
+                log.warning("%s is not responding: %s", name, problem)
+                self._emit([SpeakerHealth(False, f"not responding: {problem}")])
+        if self._liveness.restart_due():
+            why = f"not responding for {self._liveness.restart_after:.0f} s ({problem})"
+            self._liveness.restarted()
+            self._on_wedged()
+            if self._daemon.kill(why):
+                self._emit([SpeakerHealth(False, f"killed: {why}; restarting")])
+
+    def _on_wedged(self) -> None:
+        """Before the daemon is killed for not answering: drop connections to it."""
 
     @property
     def pid(self) -> int | None:

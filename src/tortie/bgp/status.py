@@ -16,6 +16,12 @@ The rows come from the running speaker, not from the datastore: :func:`fetch_sta
 the ExaBGP helper's socket (``exabgp.sock``) or BIRD's control socket (``bird.ctl``) in the
 node's BGP state directory, whichever answers.
 
+A speaker that runs but does not answer (issue 17, 9b: ExaBGP stopped with SIGSTOP; see
+:mod:`tortie.bgp.liveness`) must not look healthy: :func:`fetch` also returns a
+:class:`SpeakerCheck` (the helper says how long ExaBGP has owed it an answer, ``/proc`` says
+whether the process is stopped), and :func:`render_status` then says so in a line before the
+table and shows each session's state as ``unknown``, its last known state in the Info column.
+
 Invariants: rendering is pure (``now`` and the time zone are parameters for tests); cells
 are centred in the header and left-aligned in rows, as calicoctl's table writer does; the
 ``since`` column shows the time of day when the change was less than 20 hours ago and the
@@ -28,16 +34,45 @@ import json
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+from tortie.bgp import bird, exabgp
 from tortie.bgp.bird import CONTROL_NAME, BirdControl, BirdError, parse_protocols, peer_of_protocol
 from tortie.bgp.exabgp import SOCKET_NAME
 from tortie.bgp.exabgp_helper import status_from_json
+from tortie.bgp.liveness import ANSWER_DEADLINE, stopped_detail
 from tortie.bgp.types import BGPError, PeerStatus
 
-__all__ = ["fetch_status", "format_since", "render_status", "status_json"]
+__all__ = [
+    "SpeakerCheck",
+    "fetch",
+    "fetch_status",
+    "format_since",
+    "render_status",
+    "status_json",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerCheck:
+    """Whether the speaker that answered for the rows is itself alive and answering."""
+
+    speaker: str  # "ExaBGP" or "BIRD"
+    pid: int | None
+    responding: bool = True
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "speaker": self.speaker,
+            "pid": self.pid,
+            "responding": self.responding,
+            "detail": self.detail,
+        }
+
 
 _HEADERS = ("PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO")
 
@@ -78,10 +113,20 @@ def render_status(
     *,
     now: float | None = None,
     tz: tzinfo | None = None,
+    speaker: SpeakerCheck | None = None,
 ) -> str:
     """calicoctl's ``node status`` text for ``rows`` (see the module docstring)."""
     lines = ["tortie agent is running." if agent_running else "tortie agent is not running."]
     lines.append("")
+    if speaker is not None and not speaker.responding:
+        pid = f" (PID {speaker.pid})" if speaker.pid else ""
+        lines += [
+            f"BGP speaker {speaker.speaker}{pid} is NOT RESPONDING: {speaker.detail}.",
+            "The sessions below are its last known state; no keepalive leaves this node, so",
+            "its peers drop them when their hold timers expire (the agent restarts it first).",
+            "",
+        ]
+        rows = unresponsive_rows(rows)
     lines.append("IPv4 BGP status")
     if rows:
         cells = [
@@ -93,10 +138,23 @@ def render_status(
     return "\n".join(lines) + "\n"
 
 
-def status_json(rows: Sequence[PeerStatus], agent_running: bool) -> dict[str, Any]:
+def unresponsive_rows(rows: Sequence[PeerStatus]) -> list[PeerStatus]:
+    """Rows of a speaker that does not answer: nothing about them is known now."""
+    return [
+        replace(r, state="unknown", info=f"Speaker not responding (last state {r.state})")
+        for r in rows
+    ]
+
+
+def status_json(
+    rows: Sequence[PeerStatus], agent_running: bool, speaker: SpeakerCheck | None = None
+) -> dict[str, Any]:
     """The same as a JSON-ready object (``since`` as ISO 8601 UTC and as Unix seconds)."""
+    if speaker is not None and not speaker.responding:
+        rows = unresponsive_rows(rows)
     return {
         "agentRunning": agent_running,
+        "speaker": speaker.to_json() if speaker is not None else None,
         "ipv4": [
             {
                 "peerAddress": r.address,
@@ -120,6 +178,15 @@ def fetch_status(state_dir: Path | str, timeout: float = 2.0) -> list[PeerStatus
 
     Raises :class:`BGPError` (with a message for the user) when no speaker answers.
     """
+    return fetch(state_dir, timeout)[0]
+
+
+def fetch(state_dir: Path | str, timeout: float = 2.0) -> tuple[list[PeerStatus], SpeakerCheck]:
+    """The live speaker's peer rows and whether the speaker itself answers.
+
+    Raises :class:`BGPError` when no speaker answers at all (the message says whether its
+    process is stopped).
+    """
     state = Path(state_dir)
     errors: list[str] = []
     exa = state / SOCKET_NAME
@@ -128,12 +195,14 @@ def fetch_status(state_dir: Path | str, timeout: float = 2.0) -> list[PeerStatus
             return _fetch_exabgp(exa, timeout)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             errors.append(f"ExaBGP helper at {exa}: {exc}")
-    bird = state / CONTROL_NAME
-    if bird.exists():
+            errors += _stopped(state / exabgp.PID_NAME, "ExaBGP")
+    ctl = state / CONTROL_NAME
+    if ctl.exists():
         try:
-            return _fetch_bird(bird, timeout)
+            return _fetch_bird(ctl, timeout)
         except BirdError as exc:
             errors.append(str(exc))
+            errors += _stopped(state / bird.PID_NAME, "BIRD")
     if not errors:
         raise BGPError(
             f"no BGP speaker is running here (no {SOCKET_NAME} or {CONTROL_NAME} in {state})"
@@ -141,7 +210,19 @@ def fetch_status(state_dir: Path | str, timeout: float = 2.0) -> list[PeerStatus
     raise BGPError("cannot read the BGP status: " + "; ".join(errors))
 
 
-def _fetch_exabgp(path: Path, timeout: float) -> list[PeerStatus]:
+def _pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stopped(pid_file: Path, what: str) -> list[str]:
+    detail = stopped_detail(what, _pid_file(pid_file))
+    return [detail] if detail else []
+
+
+def _fetch_exabgp(path: Path, timeout: float) -> tuple[list[PeerStatus], SpeakerCheck]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
@@ -155,10 +236,23 @@ def _fetch_exabgp(path: Path, timeout: float) -> list[PeerStatus]:
     reply = json.loads(buf.split(b"\n", 1)[0])
     if reply.get("type") != "status":
         raise ValueError(f"unexpected answer {reply!r}")
-    return [status_from_json(doc) for doc in reply["peers"]]
+    rows = [status_from_json(doc) for doc in reply["peers"]]
+    exa = reply.get("exabgp") if isinstance(reply.get("exabgp"), dict) else {}
+    pid = (
+        exa.get("pid")
+        if isinstance(exa.get("pid"), int)
+        else _pid_file(path.with_name(exabgp.PID_NAME))
+    )
+    silent = exa.get("silent_for")
+    detail = stopped_detail("ExaBGP", pid)
+    if detail is None and isinstance(silent, int | float) and silent > ANSWER_DEADLINE:
+        detail = f"it has not answered its helper's last command for {silent:.0f} s"
+    if detail is not None:
+        return rows, SpeakerCheck("ExaBGP", pid, False, detail)
+    return rows, SpeakerCheck("ExaBGP", pid)
 
 
-def _fetch_bird(path: Path, timeout: float) -> list[PeerStatus]:
+def _fetch_bird(path: Path, timeout: float) -> tuple[list[PeerStatus], SpeakerCheck]:
     control = BirdControl(path, timeout)
     try:
         rows = parse_protocols(control.request("show protocols"))
@@ -171,4 +265,5 @@ def _fetch_bird(path: Path, timeout: float) -> list[PeerStatus]:
             continue
         peer_type, address = parsed
         out.append(PeerStatus(str(address), peer_type, row.state, row.since, row.info))
-    return sorted(out, key=lambda r: tuple(int(x) for x in r.address.split(".")))
+    out.sort(key=lambda r: tuple(int(x) for x in r.address.split(".")))
+    return out, SpeakerCheck("BIRD", _pid_file(path.with_name(bird.PID_NAME)))

@@ -158,28 +158,29 @@ def _status(args: argparse.Namespace) -> int:
     import json
 
     from tortie.agent.config import DEFAULT_RUN_DIR
-    from tortie.bgp.status import fetch_status, render_status, status_json
-    from tortie.bgp.types import BGPError
+    from tortie.bgp.status import SpeakerCheck, fetch, render_status, status_json
+    from tortie.bgp.types import BGPError, PeerStatus
 
     name = node_name(args.name)
     state_dir = args.state_dir or Path(os.environ.get("TORTIE_STATE_DIR") or DEFAULT_RUN_DIR / name)
     agent = _agent_status(state_dir)
     running = agent is not None
-    rows = []
+    rows: list[PeerStatus] = []
     problem = ""
+    speaker: SpeakerCheck | None = None  # whether the speaker answers, not only exists
     try:
-        rows = fetch_status(state_dir / "bgp")
+        rows, speaker = fetch(state_dir / "bgp")
     except BGPError as err:
         problem = str(err)
     if args.output == "json":
-        doc = status_json(rows, running)
+        doc = status_json(rows, running, speaker)
         doc["node"] = name
         doc["agent"] = agent
         if problem:
             doc["bgpProblem"] = problem
         print(json.dumps(doc, indent=2))
     else:
-        print(render_status(rows, running), end="")
+        print(render_status(rows, running, speaker=speaker), end="")
         if problem:
             print(f"\n(no BGP speaker answered: {problem})")
         if agent and not agent.get("converged"):

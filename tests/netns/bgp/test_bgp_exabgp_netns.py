@@ -18,8 +18,9 @@ import pytest
 from bgp_lab import Events, Lab, block, lab, node_ip, sh, wait_for
 
 from tortie.bgp.exabgp import ExaBGPSpeaker
+from tortie.bgp.liveness import process_state
 from tortie.bgp.peering import compute_speaker_config
-from tortie.bgp.status import fetch_status, render_status
+from tortie.bgp.status import fetch, fetch_status, render_status
 from tortie.bgp.types import (
     BGPPeerSpec,
     LearnedRoute,
@@ -349,3 +350,92 @@ def test_helper_crash_restarts_exabgp_and_routes_survive(the_lab: Lab) -> None:
     assert route(2, 2) in s1.learned_routes() and route(1, 1) in s2.learned_routes()
     assert not ev1.of(RouteRemoved) and not ev2.of(RouteRemoved)
     assert "respawned under ExaBGP" in (the_lab.state_dir("n1") / "exabgp.log").read_text()
+
+
+def _speaker_held(the_lab: Lab, i: int, peers: list[int], hold: int, **kw: Any) -> ExaBGPSpeaker:
+    """Like :func:`speaker`, with hold time ``hold`` on every session."""
+    sp = speaker(the_lab, i, peers, **kw)
+    cfg = sp.config
+    held = SpeakerConfig(
+        cfg.node_name,
+        cfg.router_id,
+        cfg.local_address,
+        cfg.asn,
+        peers=tuple(mesh_peer(i, j, hold) for j in peers),
+        graceful_restart=cfg.graceful_restart,
+    )
+    sp.update_config(held)
+    return sp
+
+
+def test_a_frozen_exabgp_is_reported_then_restarted_before_peers_drop_its_routes(
+    the_lab: Lab,
+) -> None:
+    """ExaBGP stopped with SIGSTOP (issue 17, 9b): within seconds `node status` says the
+    speaker does not answer (no "Established"), and after a third of the hold time (10 s at
+    30 s) the speaker kills it and the supervisor restarts it. That is before n2's hold timer
+    (20-30 s after the freeze) ends the session, so with graceful restart n2 never drops n1's
+    route; once the new ExaBGP is up, status is healthy again."""
+    ev1, ev2 = Events(), Events()
+    s1 = _speaker_held(the_lab, 1, [2], 30, gr=60, events=ev1)
+    s2 = _speaker_held(the_lab, 2, [1], 30, gr=60, events=ev2)
+    s1._daemon.min_backoff = s1._daemon._backoff = 0.2
+    s1.start()
+    s2.start()
+    s1.set_announced([block(1)])
+    s2.set_announced([block(2)])
+    wait_for(lambda: route(1, 1) in s2.learned_routes() and is_up(s1, 2), 15, "sync")
+    rows, check = fetch(the_lab.state_dir("n1"))
+    assert check.responding and [r.info for r in rows] == ["Established"]
+    ev1.items.clear()
+    ev2.items.clear()
+    frozen = s1.pid
+    assert frozen is not None
+    t0 = time.monotonic()
+    os.kill(frozen, signal.SIGSTOP)  # the ExaBGP this test started, by its PID
+    try:
+        wait_for(lambda: not s1.liveness().responding, 5, "the speaker to notice")
+        noticed = time.monotonic() - t0
+        rows, check = fetch(the_lab.state_dir("n1"))
+        text = render_status(rows, True, speaker=check)
+        assert not check.responding and "stopped" in check.detail, check
+        assert "NOT RESPONDING" in text and "Established" not in text, text
+        assert any(
+            isinstance(e, SpeakerHealth) and not e.running and "stopped" in e.detail
+            for _, e in ev1.items
+        )
+        wait_for(lambda: s1.pid not in (None, frozen) and s1.running, 20, "the restart")
+        restarted = time.monotonic() - t0
+    finally:
+        if process_state(frozen) == "T":
+            os.kill(frozen, signal.SIGKILL)  # the restart did not happen: do not leave it
+    wait_for(lambda: is_up(s1, 2) and is_up(s2, 1), 15, "the session back")
+    wait_for(lambda: fetch(the_lab.state_dir("n1"))[1].responding, 10, "a healthy status")
+    rows, _ = fetch(the_lab.state_dir("n1"))
+    assert [r.info for r in rows] == ["Established"]
+    assert route(1, 1) in s2.learned_routes() and route(2, 2) in s1.learned_routes()
+    assert not ev2.of(RouteRemoved), ev2.of(RouteRemoved)  # graceful restart held throughout
+    assert s1.liveness().responding
+    print(f"frozen ExaBGP noticed after {noticed:.1f} s, restarted after {restarted:.1f} s")
+    assert 9.0 <= restarted < 20.0
+
+
+def test_a_stopped_exabgp_that_continues_is_healthy_again_without_a_restart(
+    the_lab: Lab,
+) -> None:
+    s1 = speaker(the_lab, 1, [2])  # hold 3 s: the restart threshold is 10 s
+    s2 = speaker(the_lab, 2, [1])
+    s1.start()
+    s2.start()
+    wait_for(lambda: is_up(s1, 2) and is_up(s2, 1), 15, "session up")
+    pid = s1.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the ExaBGP this test started, by its PID
+    try:
+        wait_for(lambda: not fetch(the_lab.state_dir("n1"))[1].responding, 5, "status says so")
+        wait_for(lambda: not s1.liveness().responding, 5, "the speaker to notice")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: s1.liveness().responding, 5, "the speaker to see it answer")
+    wait_for(lambda: fetch(the_lab.state_dir("n1"))[1].responding, 10, "a healthy status")
+    assert s1.pid == pid  # continued in time: not restarted

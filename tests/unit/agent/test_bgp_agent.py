@@ -12,6 +12,7 @@ from test_loop import FakeBackend, Harness
 from tortie.agent.bgp_driver import BgpDriver
 from tortie.agent.config import AgentConfig, NodeAddress
 from tortie.agent.loop import NodeAgent
+from tortie.bgp.liveness import Liveness
 from tortie.bgp.types import LearnedRoute, PeerStatus, SpeakerConfig, SpeakerEvent
 from tortie.datastore.syncer import Update
 
@@ -229,3 +230,46 @@ def test_peering_plan_is_recomputed_only_when_nodes_or_bgp_resources_change(
         "192.168.49.3",
         "192.168.49.4",
     ]
+
+
+class FrozenSpeaker(FakeSpeaker):
+    """A fake whose process "runs" but does not answer (ExaBGP stopped with SIGSTOP)."""
+
+    def __init__(self, config: SpeakerConfig) -> None:
+        super().__init__(config)
+        self.answering = True
+
+    def liveness(self) -> Liveness:
+        return Liveness() if self.answering else Liveness(False, "ExaBGP (PID 7) is stopped", 0)
+
+    def describe_liveness(self) -> str:
+        return "responding" if self.answering else "ExaBGP (PID 7) is stopped (for 6 s)"
+
+
+def test_an_unresponsive_speaker_makes_the_node_not_ready_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    b = BgpHarness(tmp_path)
+    frozen: list[FrozenSpeaker] = []
+
+    def factory(config: SpeakerConfig, _dir: Path, _cb: object) -> FrozenSpeaker:
+        frozen.append(FrozenSpeaker(config))
+        return frozen[-1]
+
+    b.driver._factory = factory  # type: ignore[assignment]
+    b.set_mode("Always")
+    b.add_node("node2", "192.168.49.3/24")
+    b.now += 6
+    b.sync()
+    assert b.agent.board.ready() == (True, "ok")
+    frozen[-1].answering = False  # the speaker's thread saw it and nudged the loop
+    b.agent.nudge()
+    b.agent.run_once()
+    ready, why = b.agent.board.ready()
+    assert not ready and "BGP speaker not responding: ExaBGP (PID 7) is stopped" in why
+    bgp = b.agent.status()["bgp"]
+    assert isinstance(bgp, dict) and "not responding" in str(bgp["problem"])
+    frozen[-1].answering = True
+    b.agent.nudge()
+    b.agent.run_once()
+    assert b.agent.board.ready() == (True, "ok")
