@@ -1,7 +1,7 @@
 """``tortie lab``: build, inspect, use and remove clusters of namespaces on this host.
 
-Subcommands: ``up``, ``down``, ``status``, ``list``, ``exec``, ``ping``, ``capture``,
-``diagram``. Every one
+Subcommands: ``up``, ``down``, ``status``, ``list``, ``restart``, ``exec``, ``ping``,
+``capture``, ``diagram``. Every one
 takes ``--name L`` (default: the only lab; ``up`` defaults to ``default``) and ``--root DIR``
 (where lab directories live; default ``$TORTIE_LAB_ROOT`` or /run/tortie/labs).
 
@@ -97,6 +97,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     lst = lsub.add_parser("list", parents=[common], help="the labs on this host")
     lst.set_defaults(func=_list)
+
+    restart = lsub.add_parser(
+        "restart",
+        parents=[common],
+        help="restart a node's agent (recorded in the lab's state; the dataplane stays)",
+    )
+    restart.add_argument("node", metavar="NODE")
+    restart.add_argument(
+        "--agent",
+        action="store_true",
+        help="restart the node's agent (the default; the only part restarted so far)",
+    )
+    restart.add_argument("-q", "--quiet", action="store_true")
+    restart.set_defaults(func=_restart)
 
     exe = lsub.add_parser(
         "exec",
@@ -240,6 +254,18 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{name:24}  {state.lab_id or '-':>3}  {state.phase:12}  {mode}")
         except (FileNotFoundError, LabError):
             print(f"{name:24}  {'-':>3}  {'no state':12}  (remove with tortie lab down)")
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from tortie.lab.agents import restart_agent
+
+    _require_root("restart")
+    start, show = _printer(args.quiet)
+    record = restart_agent(_paths(args), args.name, args.node, show)
+    if not args.quiet:
+        took = time.monotonic() - start
+        print(f"{args.node}: agent restarted (pid {record.pid}) in {took:.2f} s")
     return 0
 
 

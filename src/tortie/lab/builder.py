@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tortie.lab import network, reference, tor
+from tortie.lab import dsforward, network, reference, tor
 from tortie.lab.cni import require_cni
 from tortie.lab.errors import (
     LabBuildError,
@@ -82,6 +82,7 @@ def preflight(options: LabOptions, host: bool = True) -> None:
     ``host`` False (a substitute kernel, in unit tests) skips the checks about this machine.
     """
     check_options(options)
+    dsforward.preflight(options.datastore, host)  # a datastore the nodes cannot reach: refuse
     if host and os.geteuid() != 0:
         raise NotRootError(
             "tortie lab up needs root (it creates network namespaces and mounts); run it with sudo"

@@ -10,11 +10,19 @@ Invariants: commands enter only the network namespace (``nsenter --net``), never
 namespace, so /sys/fs/bpf and every path stay as on the host; every command carries the lab's
 token (``down`` stops leftovers) and, for a node, the node's environment
 (:class:`~tortie.lab.runtime.NodeRuntime`), so ``tortie`` run there acts as that node.
+
+``tortie`` inside ``lab exec`` is the tortie running the lab (issue 17, item 15: ``tortie lab
+exec node1 -- tortie node status`` failed unless the virtualenv was on ``PATH``, and ``sudo``
+resets ``PATH``): the directory of the running interpreter (a virtualenv's ``bin``, where its
+``tortie`` script is) goes first on the command's ``PATH``, and a bare ``tortie`` that is still
+not found there runs as ``<this python> -m tortie.ctl.main``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 from tortie.lab.errors import LabError, LabStateError
@@ -70,7 +78,9 @@ class Lab:
                 f"{name}'s namespace {self.netns(name)} does not exist "
                 f"(lab phase: {self.state.phase}); rebuild the lab"
             )
-        return self.nsenter(name, argv), {**os.environ, **self.env(name)}
+        env = {**os.environ, **self.env(name)}
+        env["PATH"] = tool_path(env.get("PATH"))
+        return self.nsenter(name, tortie_argv(argv, env["PATH"])), env
 
     def ping_argv(
         self, source: str, dest: str, count: int = 3, interval: float = 0.2, wait: float = 1.0
@@ -86,6 +96,20 @@ class Lab:
         if count is not None:
             argv += ["-c", str(count)]
         return self.nsenter(name, argv)
+
+
+def tool_path(path: str | None, python: str = sys.executable) -> str:
+    """``path`` with the running interpreter's directory first (once)."""
+    here = os.path.dirname(python)
+    rest = [p for p in (path or os.defpath).split(os.pathsep) if p and p != here]
+    return os.pathsep.join([here, *rest]) if here else os.pathsep.join(rest)
+
+
+def tortie_argv(argv: list[str], path: str, python: str = sys.executable) -> list[str]:
+    """``argv``, with a bare ``tortie`` that ``path`` does not find run by ``python``."""
+    if argv and argv[0] == "tortie" and shutil.which("tortie", path=path) is None:
+        return [python, "-m", "tortie.ctl.main", *argv[1:]]
+    return argv
 
 
 def _looks_like_ip(text: str) -> bool:

@@ -183,7 +183,12 @@ def start_node_agents(
 ) -> list[ProcessRecord]:
     """Start one agent per node (``tortie node run``), or nothing when not ``enabled``, and
     wait until every agent is in sync with the datastore and serves its CNI socket (pods are
-    created right after this)."""
+    created right after this). First, for an etcd on the host's loopback, the forwarder that
+    makes it reachable from inside the nodes (:mod:`.dsforward`; also without agents: ``lab
+    exec NODE -- tortie ...`` uses it)."""
+    from tortie.lab.dsforward import start_forwarder
+
+    start_forwarder(journal, topology, progress)
     if not enabled:
         progress("agents: not started (the lab runs without node agents; --agents starts them)")
         return []
@@ -205,14 +210,23 @@ def start_node_agents(
 
 
 AGENT_READY_TIMEOUT = 60.0
+# An agent still not in sync after this long while its log says the datastore is unavailable
+# will not get there by waiting: fail with its own words instead of after the timeout.
+DATASTORE_STALL = 15.0
 
 
 def wait_agent_ready(
-    runtime: NodeRuntime, record: ProcessRecord, timeout: float = AGENT_READY_TIMEOUT
+    runtime: NodeRuntime,
+    record: ProcessRecord,
+    timeout: float = AGENT_READY_TIMEOUT,
+    stall: float = DATASTORE_STALL,
 ) -> None:
-    """Until the agent's status file says in sync and its CNI socket exists."""
+    """Until the agent's status file (written by *this* agent: its PID) says in sync and its
+    CNI socket exists. Fails early, with the agent's last error, when it exits or when it
+    keeps failing to reach the datastore (issue 17, item 10)."""
     status = Path(runtime.dirs.state_dir) / "status.json"
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while time.monotonic() < deadline:
         if not _alive(record.pid):
             raise LabBuildError(
@@ -220,14 +234,40 @@ def wait_agent_ready(
                 + _tail(record.log)
             )
         with contextlib.suppress(OSError, ValueError):
-            if json.loads(status.read_text()).get("in_sync") and os.path.exists(
-                runtime.agent_socket
-            ):
+            doc = json.loads(status.read_text())
+            mine = doc.get("pid") in (None, record.pid)  # not a stale file of an earlier agent
+            if mine and doc.get("in_sync") and os.path.exists(runtime.agent_socket):
                 return
+        if time.monotonic() - start > stall:
+            problems = last_problems(record.log)
+            if any("datastore" in line.lower() for line in problems[-1:]):
+                raise LabBuildError(
+                    f"the agent of {runtime.node.name} cannot use the datastore "
+                    f"{runtime.datastore} after {stall:.0f}s; its last error ({record.log}):\n"
+                    + "\n".join(problems)
+                )
         time.sleep(0.05)
+    problems = last_problems(record.log)
     raise LabBuildError(
-        f"the agent of {runtime.node.name} was not ready after {timeout:.0f}s; see {record.log}"
+        f"the agent of {runtime.node.name} was not ready after {timeout:.0f}s; "
+        + (
+            f"its last errors ({record.log}):\n" + "\n".join(problems)
+            if problems
+            else f"its log {record.log} shows no error:\n{_tail(record.log)}"
+        )
     )
+
+
+def last_problems(path: str | None, count: int = 3) -> list[str]:
+    """The last ``count`` warning or error lines of an agent's log."""
+    if path is None:
+        return []
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    marks = (" WARNING ", " ERROR ", " CRITICAL ", "error: ")
+    return [line for line in lines if any(m in line for m in marks)][-count:]
 
 
 def _alive(pid: int) -> bool:

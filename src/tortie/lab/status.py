@@ -4,6 +4,12 @@ Problem: after a crash, a failed step or someone's ``ip netns del``, the state f
 host can disagree. Status shows both: each namespace and process is checked live (exists,
 still the same process), so "phase: up" next to a missing namespace is visible at a glance.
 
+An agent restarted since ``up`` (``tortie lab restart NODE``, recorded; or by hand through
+``tortie lab exec``, not recorded) is shown as the node's agent, running: the node's agent is
+the one :func:`tortie.lab.agents.running_agent` finds (the newest recorded one still alive,
+else the one the agent's own PID file names, verified); the records it replaced are marked
+``superseded`` and left out of the text.
+
 Invariant: read-only; works without the lab's lock (it may run while ``up`` builds).
 """
 
@@ -14,12 +20,50 @@ from pathlib import Path
 from typing import Any
 
 from tortie.lab import procs
+from tortie.lab.agents import running_agent
 from tortie.lab.ops import Lab
 from tortie.lab.registry import is_locked
+from tortie.lab.runtime import node_runtime
+from tortie.lab.state import LabState
+from tortie.lab.topology import NodeSpec, Topology
 
 
 def _exists(netns: str) -> bool:
     return os.path.lexists(f"/run/netns/{netns}")
+
+
+def _node_processes(state: LabState, topology: Topology, node: NodeSpec) -> list[dict[str, Any]]:
+    records = state.node_processes(node.name)
+    out: list[dict[str, Any]] = []
+    agent = None
+    if any(p.role == "agent" for p in records) and node.name in state.nodes:
+        agent = running_agent(state, node_runtime(topology, state, node.name))
+    for i, p in enumerate(records):
+        alive = procs.matches(p, state.token)
+        later = any(q.role == p.role for q in records[i + 1 :])
+        out.append(
+            {
+                "role": p.role,
+                "pid": p.pid,
+                "alive": alive,
+                "log": p.log,
+                "recorded": True,
+                # A dead agent whose node has a newer one (recorded or found) was replaced.
+                "superseded": not alive and p.role == "agent" and (later or agent is not None),
+            }
+        )
+    if agent is not None and agent.record is None:
+        out.append(
+            {
+                "role": "agent",
+                "pid": agent.pid,
+                "alive": True,
+                "log": None,
+                "recorded": False,
+                "superseded": False,
+            }
+        )
+    return out
 
 
 def lab_status(lab: Lab) -> dict[str, Any]:
@@ -75,17 +119,14 @@ def lab_status(lab: Lab) -> dict[str, Any]:
                 "uplink": n.uplink,
                 "routeReflector": n.route_reflector,
                 "dirs": vars(state.nodes[n.name]) if n.name in state.nodes else None,
-                "processes": [
-                    {
-                        "role": p.role,
-                        "pid": p.pid,
-                        "alive": procs.matches(p, state.token),
-                        "log": p.log,
-                    }
-                    for p in state.node_processes(n.name)
-                ],
+                "processes": _node_processes(state, topo, n),
             }
             for n in topo.nodes
+        ],
+        "processes": [
+            {"role": p.role, "pid": p.pid, "alive": procs.matches(p, state.token), "log": p.log}
+            for p in state.processes
+            if p.node is None
         ],
         "pods": [
             {
@@ -107,6 +148,12 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
+def _process_note(p: dict[str, Any]) -> str:
+    if not p["alive"]:
+        return " (dead)"
+    return "" if p.get("recorded", True) else " (restarted outside the lab)"
+
+
 def _mark(exists: bool) -> str:
     return "" if exists else " (missing)"
 
@@ -126,11 +173,18 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append(f"error: {data['error']}")
     legs = ", ".join(f"{leg['ifname']} {leg['address']}" for leg in data["router"]["legs"])
     lines.append(f"router {data['router']['netns']}{_mark(data['router']['exists'])}: {legs}")
+    others = ", ".join(
+        f"{p['role']} {p['pid']}{'' if p['alive'] else ' (dead)'}" for p in data["processes"]
+    )
+    if others:
+        lines.append(f"lab processes: {others}")
     lines.append("")
     rows = [["NODE", "NETNS", "ADDRESS", "GATEWAY", "SUBNET", "PROCESSES"]]
     for n in data["nodes"]:
         processes = ", ".join(
-            f"{p['role']} {p['pid']}{'' if p['alive'] else ' (dead)'}" for p in n["processes"]
+            f"{p['role']} {p['pid']}{_process_note(p)}"
+            for p in n["processes"]
+            if not p.get("superseded")
         )
         rows.append(
             [
