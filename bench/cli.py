@@ -1,6 +1,6 @@
 """How long a ``tortie`` command takes as a whole process, on SQLite and on etcd (issue 17, 14).
 
-Run:  .venv/bin/python bench/cli.py [--rounds 15] [--json] [--check]
+Run:  .venv/bin/python bench/cli.py [--rounds 15] [--json] [--check] [--as-is]
 
 Commands, interleaved round by round so that drift on the machine hits them alike:
 ``tortie version``; ``tortie get ippools`` on SQLite; ``tortie ipam assign`` then ``ipam
@@ -14,7 +14,8 @@ Python if there is one (else ``python -m tortie.ctl.main``), with compiled bytec
 machine's environment sets ``PYTHONDONTWRITEBYTECODE``, which makes an editable checkout
 compile every module on every call (about 0.1 s more per command); the bench lifts it and
 keeps the bytecode in a private ``PYTHONPYCACHEPREFIX`` directory, warmed by one unmeasured
-call of each command.
+call of each command. ``--as-is`` keeps the caller's environment instead (here: no bytecode
+for tortie's own modules), to show what a checkout run that way pays.
 
 Targets (issue 17, item 14): ``get``/``version`` on SQLite <= 0.15 s; etcd commands <= 0.4 s.
 ``--check`` exits 1 if a median misses its target. ``--json`` prints one JSON object per
@@ -102,9 +103,12 @@ def tortie_command() -> list[str]:
     return [sys.executable, "-m", "tortie.ctl.main"]
 
 
-def child_env(pycache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+def child_env(pycache: Path | None) -> dict[str, str]:
+    """The commands' environment: with compiled bytecode in ``pycache`` (None: as it is)."""
+    env = dict(os.environ)
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
     env.pop("TORTIE_DATASTORE", None)
     return env
 
@@ -169,11 +173,11 @@ def timed(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure(rounds: int, log: bool = True) -> list[dict[str, object]]:
+def measure(rounds: int, log: bool = True, as_is: bool = False) -> list[dict[str, object]]:
     tortie = tortie_command()
     with tempfile.TemporaryDirectory(prefix="tortie-bench-cli-") as tmpdir:
         tmp = Path(tmpdir)
-        env = child_env(tmp / "pyc")
+        env = child_env(None if as_is else tmp / "pyc")
         sqlite_url = f"sqlite:///{tmp / 'cli.db'}"
         with private_etcd(tmp) as etcd_url:
             for url in (sqlite_url, etcd_url):
@@ -219,9 +223,10 @@ def measure(rounds: int, log: bool = True) -> list[dict[str, object]]:
     return out
 
 
-def render(rows: Sequence[dict[str, object]], command: Sequence[str]) -> str:
+def render(rows: Sequence[dict[str, object]], command: Sequence[str], as_is: bool = False) -> str:
+    how = "environment as it is" if as_is else "compiled bytecode"
     lines = [
-        f"tortie CLI as whole processes ({' '.join(command[1:]) or command[0]}), "
+        f"tortie CLI as whole processes ({' '.join(command[1:]) or command[0]}, {how}), "
         f"{rows[0]['runs'] if rows else 0} interleaved rounds, {os.cpu_count()} CPUs",
         f"{'command':30} {'wall ms median (min-max)':>26} {'CPU ms':>7}  target",
     ]
@@ -239,9 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", action="store_true", help="also one JSON line per command")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    ap.add_argument("--as-is", action="store_true", help="keep the environment's bytecode settings")
     args = ap.parse_args(argv)
-    rows = measure(args.rounds)
-    print(render(rows, tortie_command()))
+    rows = measure(args.rounds, as_is=args.as_is)
+    print(render(rows, tortie_command(), args.as_is))
     if args.json:
         for r in rows:
             print(json.dumps(r))

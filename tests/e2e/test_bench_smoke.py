@@ -60,6 +60,7 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         "### Route programming",
         "### BGP convergence",
         "### Repair after kernel changes",
+        "### CLI commands as whole processes",
         "**Memory and idle CPU per node**",
         "**CPU per byte**",
         "IPIP, ipip module (Calico's; tortie's kernel backend)",
