@@ -85,10 +85,11 @@ def test_lab_on_an_etcd_on_the_hosts_loopback(cli: LabCli, start_etcd: EtcdProce
     assert [(p["role"], p["alive"]) for p in status["processes"]] == [("datastore-forwarder", True)]
     store = open_datastore(url)
     try:
-        assert store.list("/tortie/").items  # the lab's resources are in the host's etcd
+        keys = [kv.key for kv in store.list("/tortie/").items]
+        assert any(k.endswith("/default-ipv4-ippool") for k in keys), keys  # in the host's etcd
         down_and_check_clean(cli, name)
-        left = [kv.key for kv in store.list("/tortie/").items if "/nodes/" not in kv.key]
-        assert not [k for k in left if "ippool" in k.lower()], left
+        left = [kv.key for kv in store.list("/tortie/").items]
+        assert not [k for k in left if k.endswith("/default-ipv4-ippool")], left  # the lab's pool
     finally:
         store.close()
     print(f"lab up on the host's etcd: {took:.1f} s")
