@@ -175,12 +175,13 @@ class HelperState:
     # so a command with no line from ExaBGP since is an unanswered question.
     heard_at: float = field(default_factory=time.monotonic)
     waiting_since: float | None = None
+    probed_at: float | None = None  # the last probe sent while an answer was owed
 
     # -- ExaBGP's liveness (see tortie.bgp.liveness) ---------------------------------------
 
     def heard(self, now: float) -> None:
         """ExaBGP wrote a line: its reactor runs."""
-        self.heard_at, self.waiting_since = now, None
+        self.heard_at, self.waiting_since, self.probed_at = now, None, None
 
     def sent(self, now: float) -> None:
         """We wrote commands: ExaBGP owes an answer from now on (if it did not already)."""
@@ -188,9 +189,15 @@ class HelperState:
             self.waiting_since = now
 
     def probe(self, now: float) -> None:
-        """Ask ExaBGP something harmless when it has been silent for PROBE_INTERVAL."""
-        if self.waiting_since is None and now - self.heard_at >= PROBE_INTERVAL:
+        """Ask ExaBGP something harmless when it has been silent for PROBE_INTERVAL, and
+        again every PROBE_INTERVAL while an answer is owed: should some command ever go
+        unacknowledged, a live ExaBGP still answers the probe and clears the debt."""
+        if self.waiting_since is None:
+            if now - self.heard_at >= PROBE_INTERVAL:
+                self.commands.append(PROBE_COMMAND)
+        elif now - max(self.waiting_since, self.probed_at or 0.0) >= PROBE_INTERVAL:
             self.commands.append(PROBE_COMMAND)
+            self.probed_at = now
 
     def silent_for(self, now: float) -> float:
         """How long the oldest unanswered command has waited (0: nothing owed)."""

@@ -186,8 +186,14 @@ def test_helper_probes_a_quiet_exabgp_and_counts_unanswered_time() -> None:
     s.sent(102.0)
     assert s.silent_for(105.5) == 3.5
     s.commands.clear()
-    s.probe(110.0)
-    assert s.commands == []  # one question at a time
+    s.probe(103.0)
+    assert s.commands == []  # an answer is owed: wait for it
+    s.probe(104.0)
+    assert s.commands == [PROBE_COMMAND]  # still owed after PROBE_INTERVAL: ask again
+    s.probe(105.0)
+    assert s.commands == [PROBE_COMMAND]  # not more than once per PROBE_INTERVAL
+    s.sent(104.0)
+    assert s.silent_for(110.0) == 8.0  # counted from the first unanswered command
     s.heard(110.0)
     assert s.silent_for(111.0) == 0.0
     s.sent(111.0)
