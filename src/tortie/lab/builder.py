@@ -18,7 +18,8 @@ Order, and why:
    nodes have BGP roles (reflectors, racks for the ToR), their Node resources: written
    *before* the agents start, so no agent ever runs with the wrong role (an agent keeps
    user-set fields when it registers);
-7. the agents (``tortie node run``, on with the CNI wiring);
+7. for an etcd on the host's loopback, the forwarder into the nodes (:mod:`.dsforward`); the
+   agents (``tortie node run``, on with the CNI wiring);
 8. the pods: a namespace each, wired by the CNI plugin or by hand (``--wire-pods manual``);
 9. manual wiring only: native routes between nodes (and on the router across subnets);
    ``--tor``: wait until the ToR has a session with every node and a route to every pod.
