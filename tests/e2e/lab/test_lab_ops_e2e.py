@@ -64,7 +64,9 @@ def down_and_check_clean(cli: LabCli, name: str) -> None:
     assert left.empty, f"left behind: {left}"
 
 
-def test_lab_on_an_etcd_on_the_hosts_loopback(cli: LabCli, start_etcd: EtcdProcess) -> None:
+def test_lab_on_an_etcd_on_the_hosts_loopback(start_etcd: EtcdProcess, cli: LabCli) -> None:
+    # start_etcd first: fixtures are torn down in reverse, so a lab left by a failure is
+    # brought down while its etcd still runs (else its resources and id stay behind).
     start_etcd.start()
     url = start_etcd.url  # etcd://127.0.0.1:PORT: the host's loopback, not the nodes'
     name = unique_name("etcd")
