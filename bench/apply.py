@@ -69,7 +69,7 @@ def apply(url: str, path: Path) -> float:
 def fresh(tmp: Path, n: int) -> str:
     """A new, empty SQLite datastore (created here, so the timed apply only writes)."""
     url = f"sqlite:///{tmp}/run-{n}.db"
-    open_datastore(url).close()
+    open_datastore(url, create=True).close()
     return url
 
 

@@ -55,7 +55,7 @@ class Bench:
         sh("ip", "-n", self.node, "addr", "add", "192.0.2.1/24", "dev", "up0")
         sh("ip", "-n", self.node, "route", "add", "default", "via", "192.0.2.254")
         self.url = f"sqlite://{root}/ds.db"
-        store = open_datastore(self.url)
+        store = open_datastore(self.url, create=True)
         pool = {"cidr": "10.244.0.0/16", "blockSize": 26, "ipipMode": "Never"}
         doc = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
                "metadata": {"name": "bench"}, "spec": pool}  # fmt: skip

@@ -101,7 +101,7 @@ def fresh_store(backend: str, etcd_url: str | None) -> Iterator[str]:
 
 def measure(url: str, processes: int, count: int, one_node: bool) -> float:
     nodes = ["bench-node"] * processes if one_node else [f"node-{i}" for i in range(processes)]
-    store = open_datastore(url)
+    store = open_datastore(url, create=True)
     try:
         loadgen.prepare(store, pools=[POOL], nodes=sorted(set(nodes)), max_blocks_per_host=0)
     finally:

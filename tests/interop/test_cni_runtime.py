@@ -131,7 +131,7 @@ def node() -> Iterator[Node]:
     root = Path(tempfile.mkdtemp(prefix="ttp", dir="/tmp"))
     os.chmod(root, 0o700)
     url = f"sqlite://{root}/ds.db"
-    store = open_datastore(url)
+    store = open_datastore(url, create=True)
     ResourceStore(store).apply(
         [
             IPPool.from_document(

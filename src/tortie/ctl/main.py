@@ -33,13 +33,22 @@ COMMANDS: dict[str, str] = {
     "replace": "resources",
     "delete": "resources",
     "get": "resources",
+    "datastore": "datastore",
     "ipam": "ipam",
     "node": "node",
     "lab": "lab",
     "install-cni": "cni",
     "trace": "trace",
 }
-MODULES = ("resources", "ipam", "node", "lab", "cni", "trace")  # the order --help lists them
+MODULES = (
+    "resources",
+    "datastore",
+    "ipam",
+    "node",
+    "lab",
+    "cni",
+    "trace",
+)  # the order --help lists them
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -70,7 +79,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         metavar="URL",
         help=(
             f"datastore URL (default: ${DATASTORE_ENV} or {DEFAULT_DATASTORE}); "
-            "sqlite:///path, etcd://host:port[,host:port] or memory://"
+            "sqlite:///path, etcd://host:port[,host:port] or memory://; opening never "
+            "creates one: `tortie datastore init` does"
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -34,6 +34,14 @@ Hazards:
   read by one thread; its ``close()`` is safe from any thread and wakes a blocked ``next``.
 - Errors: backends raise only :class:`DatastoreError` subclasses; driver exceptions are
   translated. :class:`UnavailableError` names the datastore URL so users know what to fix.
+
+Identity (docs/datastore.md): every store has an id written once, when it is created
+(``tortie datastore init``, an agent's first start), and ``identity()`` returns it. Opening
+never creates a store: a missing one is :class:`DatastoreMissingError`. A store object that
+finds another id, or a revision lower than one it saw, at the same URL raises
+:class:`DatastoreReplacedError`: whoever acts on the store's content (the node agent) must not
+act on a replaced or rolled-back store. A store known to be malformed refuses writes
+(:class:`CorruptDatastoreError`).
 """
 
 from __future__ import annotations
@@ -97,6 +105,35 @@ class UnavailableError(DatastoreError):
         super().__init__(f"datastore {url} is unavailable: {detail}")
         self.url = url
         self.detail = detail
+
+
+class DatastoreMissingError(UnavailableError):
+    """There is no datastore at the URL (an SQLite file that does not exist). Opening never
+    creates one: creation is explicit (``tortie datastore init``, an agent's first start). It may
+    come back (a file moved away for a moment), so waiters retry."""
+
+
+class NotADatastoreError(UnavailableError):
+    """Something is at the URL's path, but not a tortie datastore: it was left untouched."""
+
+
+class DatastoreReplacedError(DatastoreError):
+    """The store at the URL is not the one this object (or an agent's record) knew: another
+    id, or a revision lower than one already seen (a store restored from an older copy, or
+    commits lost). Acting on it could undo work (re-hand out addresses): callers stop."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(
+            f"datastore {url} is not the one in use until now: {detail}. Nothing was written; "
+            "see 'Identity' in docs/datastore.md to put the right store back or accept this one"
+        )
+        self.url = url
+        self.detail = detail
+
+
+class CorruptDatastoreError(DatastoreError):
+    """The store is known to be malformed: every further write is refused (a write on broken
+    pages can spread the damage, and a read that missed pages would hand out taken addresses)."""
 
 
 class InvalidURLError(DatastoreError):
@@ -187,10 +224,21 @@ class Watch(Protocol):
     def close(self) -> None: ...
 
 
+# The key of an etcd store's identity (the SQLite backend keeps it in its ``meta`` table).
+# Only this key under /tortie/meta/ is the identity; other /tortie/meta/ keys are not resources.
+IDENTITY_KEY = "/tortie/meta/datastore"
+
+
 @runtime_checkable
 class Datastore(Protocol):
     @property
     def url(self) -> str: ...
+
+    def identity(self) -> str:
+        """The id written when the store was created; ``""`` for a store that has none yet
+        (an etcd cluster nobody initialised, an SQLite file of schema 1): ``tortie datastore
+        init`` gives it one."""
+        ...
 
     def get(self, key: str) -> KeyValue | None: ...
 

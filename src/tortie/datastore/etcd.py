@@ -37,14 +37,18 @@ Hazards:
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import grpc  # type: ignore[import-untyped]
 
 from tortie.datastore.api import (
+    IDENTITY_KEY,
     AlreadyExistsError,
     CompactedError,
     Compare,
@@ -109,6 +113,19 @@ def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
 
 def _kv(kv: Any) -> KeyValue:
     return KeyValue(_s(kv.key), _s(kv.value), int(kv.create_revision), int(kv.mod_revision))
+
+
+def _identity_of(url: str, value: str) -> str:
+    try:
+        ident = json.loads(value)["id"]
+    except (ValueError, KeyError, TypeError):
+        ident = None
+    if not isinstance(ident, str) or not ident:
+        raise DatastoreError(
+            f"datastore {url}: {IDENTITY_KEY} holds no valid id ({value[:80]!r}); it is written "
+            'by `tortie datastore init` as JSON with an "id" (docs/datastore.md)'
+        )
+    return ident
 
 
 def _mod_eq(key: str, rev: int) -> Any:
@@ -261,6 +278,24 @@ class EtcdDatastore:
     def revision(self) -> int:
         req = etcdrpc.RangeRequest(key=b"\0", count_only=True)
         return int(self._call("Range", req, write=False).header.revision)
+
+    # -- identity (docs/datastore.md) ---------------------------------------------------------
+    def identity(self) -> str:
+        kv = self.get(IDENTITY_KEY)
+        return "" if kv is None else _identity_of(self._url, kv.value)
+
+    def ensure_identity(self) -> str:
+        """Write the identity key if absent (create-if-absent, one txn); return the id."""
+        doc = {"id": str(uuid4()), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        resp = self._txn(
+            [_absent(IDENTITY_KEY)],
+            [_op_put(IDENTITY_KEY, json.dumps(doc))],
+            [_op_get(IDENTITY_KEY)],
+        )
+        if resp.succeeded:
+            return doc["id"]
+        kvs = resp.responses[0].response_range.kvs
+        return _identity_of(self._url, _s(kvs[0].value)) if kvs else self.ensure_identity()
 
     # -- writes -------------------------------------------------------------------------------
     def _txn(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]) -> Any:

@@ -5,7 +5,9 @@ Problem: the CLI, the agent and the CNI plugin all take a datastore URL (``--dat
 
 URL forms (anything else raises :class:`InvalidURLError`, whose message lists the forms):
 
-- ``sqlite:///abs/path.db`` (also ``sqlite:/abs/path.db``): an SQLite file, made if missing.
+- ``sqlite:///abs/path.db`` (also ``sqlite:/abs/path.db``): an SQLite file. Opening never
+  makes it: ``open_datastore(url, create=True)`` (``tortie datastore init``, an agent's first
+  start) is the one way to create a store (docs/datastore.md).
 - ``sqlite:relative/path.db``: relative to the current directory (handy in labs and tests).
   ``sqlite://name.db`` is rejected: the part after ``//`` is a host, and SQLite has none;
   reading it as a relative path would silently put the file somewhere unexpected.
@@ -16,14 +18,16 @@ URL forms (anything else raises :class:`InvalidURLError`, whose message lists th
   per-RPC deadline (etcd, default 5).
 
 Invariants: importing this module imports no backend; ``open_datastore`` imports the one the
-URL names, so the CLI starts without loading gRPC. Every failure is a
-:class:`~tortie.datastore.api.DatastoreError` naming the URL.
+URL names, so the CLI starts without loading gRPC. Every failure, for any text given as a URL,
+is a :class:`~tortie.datastore.api.DatastoreError` naming the URL (a property test feeds it
+arbitrary text); without ``create`` no file is made or changed.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
@@ -32,6 +36,7 @@ from tortie.datastore.api import Datastore, InvalidURLError, UnavailableError
 __all__ = ["ParsedURL", "open_datastore", "parse_url"]
 
 ETCD_DEFAULT_PORT = 2379
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() accepts "²"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +79,7 @@ def _endpoint(url: str, item: str) -> str:
         host, port = item.rsplit(":", 1)
     if not host or host == "[]":
         raise InvalidURLError(url, f"endpoint {item!r} has no host")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise InvalidURLError(url, f"endpoint {item!r} has a bad port")
     return f"{host}:{int(port)}"
 
@@ -112,6 +117,8 @@ def parse_url(url: str) -> ParsedURL:
         path = unquote(path)
         if not path or path.endswith("/"):
             raise InvalidURLError(url, "no database file path")
+        if "\0" in path:
+            raise InvalidURLError(url, "the path contains a NUL byte (%00)")
         return ParsedURL("sqlite", path=os.path.abspath(path), timeout=timeout)
 
     if scheme in ("etcd", "etcd+http"):
@@ -133,8 +140,14 @@ def parse_url(url: str) -> ParsedURL:
     raise InvalidURLError(url, f"unknown scheme {scheme!r}")
 
 
-def open_datastore(url: str) -> Datastore:
+def open_datastore(url: str, *, create: bool = False) -> Datastore:
     """Open the datastore ``url`` names.
+
+    Without ``create`` nothing is created or changed: a missing SQLite file is
+    :class:`~tortie.datastore.api.DatastoreMissingError`, a file that is not a tortie store
+    :class:`~tortie.datastore.api.NotADatastoreError`. With ``create`` a missing store is
+    created and an existing one given an id if it has none (SQLite schema 1, an etcd without
+    the identity key): ``tortie datastore init`` and an agent's first start.
 
     Raises :class:`InvalidURLError` for a malformed URL and
     :class:`~tortie.datastore.api.UnavailableError` (naming the URL and what to do) when the
@@ -151,7 +164,10 @@ def open_datastore(url: str) -> Datastore:
 
         assert parsed.path is not None
         return SqliteDatastore(
-            parsed.path, url=url, busy_timeout=parsed.timeout or DEFAULT_BUSY_TIMEOUT
+            parsed.path,
+            url=url,
+            busy_timeout=parsed.timeout or DEFAULT_BUSY_TIMEOUT,
+            create=create,
         )
     # The etcd backend loads gRPC and protobuf (~0.2 s), and may fail to if they are missing.
     try:
@@ -161,4 +177,11 @@ def open_datastore(url: str) -> Datastore:
             url, f"the etcd client cannot be loaded ({e}); reinstall tortie's dependencies"
         ) from None
 
-    return EtcdDatastore(parsed.endpoints, url=url, timeout=parsed.timeout or DEFAULT_TIMEOUT)
+    store = EtcdDatastore(parsed.endpoints, url=url, timeout=parsed.timeout or DEFAULT_TIMEOUT)
+    if create:
+        try:
+            store.ensure_identity()
+        except BaseException:
+            store.close()
+            raise
+    return store

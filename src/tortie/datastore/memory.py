@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 
 from tortie.datastore.api import (
@@ -45,10 +46,14 @@ class MemoryDatastore:
         self._history: list[WatchEvent] = []
         self._compact_rev = 0
         self._closed = False
+        self._identity = str(uuid.uuid4())  # a new store per object: a new id
 
     @property
     def url(self) -> str:
         return self._url
+
+    def identity(self) -> str:
+        return self._identity
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:

@@ -264,8 +264,9 @@ def run_churn(
     hold: int = 20,
     seed: int = 0,
 ) -> ChurnOutcome:
-    """Prepare ``url`` (pool, Nodes, config), run :func:`churn_worker` everywhere, judge it."""
-    store = open_datastore(url)
+    """Prepare ``url`` (created if missing; pool, Nodes, config), run :func:`churn_worker`
+    everywhere, judge it."""
+    store = open_datastore(url, create=True)
     try:
         prepare(store, pools=[("churn", *pool)], nodes=nodes, max_blocks_per_host=max_blocks)
     finally:

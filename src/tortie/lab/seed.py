@@ -7,7 +7,9 @@ found it.
 
 Invariants:
 - The default datastore is an SQLite file inside the lab directory: the lab owns it entirely,
-  applies its resources, and ``down`` removes the file with the directory.
+  creates it explicitly here (opening never creates a store: docs/datastore.md), applies its
+  resources, and ``down`` removes the file with the directory. A datastore the user gave
+  must exist already (``tortie datastore init``): the lab does not create it.
 - In a datastore the lab does not own, a resource is created only if absent (recorded in the
   state first, so ``down`` deletes exactly those); an existing identical one is used as is;
   an existing different one stops the build with a message, rather than being overwritten.
@@ -40,7 +42,7 @@ def seed_datastore(journal: Journal, topology: Topology) -> list[str]:
     resources = cluster_manifests(topology)
     written = []
     try:
-        store = open_datastore(url)
+        store = open_datastore(url, create=journal.state.datastore_is_ours)
     except DatastoreError as err:
         raise LabBuildError(f"datastore {url}: {err}") from err
     try:

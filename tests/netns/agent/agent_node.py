@@ -83,7 +83,7 @@ class AgentNode:
         self.ip("route", "add", "default", "via", GATEWAY, "dev", "eth0")
         self.ip("route", "add", FOREIGN, "via", GATEWAY, "dev", "eth0", "proto", "static")
         url = f"sqlite://{self.tmp}/ds.db"
-        store = open_datastore(url)
+        store = open_datastore(url, create=True)
         try:
             res = ResourceStore(store)
             res.apply(

@@ -93,6 +93,7 @@ class CniLab:
         sh("ip", "-n", n, "addr", "add", "192.0.2.1/24", "dev", "up0")
         sh("ip", "-n", n, "route", "add", "default", "via", "192.0.2.254", "dev", "up0")
         self.url = f"sqlite://{self.tmp}/ds.db"
+        open_datastore(self.url, create=True).close()  # opening never creates one
         self.store = self.open_store()
         ResourceStore(self.store).apply([self.pool_resource(pool, block)])
         self.ipam = IPAM(self.store)

@@ -20,7 +20,7 @@ from tortie.model.resources import IPPool
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     url = f"sqlite://{tmp_path}/ds.db"
-    store = open_datastore(url)
+    store = open_datastore(url, create=True)
     ResourceStore(store).apply(
         [
             IPPool.from_document(

@@ -55,7 +55,9 @@ spec:
 
 @pytest.fixture
 def ds(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/state/tortie.db"
+    url = f"sqlite:///{tmp_path}/state/tortie.db"
+    assert main(["--datastore", url, "datastore", "init"]) == 0  # opening never creates
+    return url
 
 
 def run(ds: str, *args: str) -> int:
@@ -315,5 +317,6 @@ def test_env_datastore(
 ) -> None:
     url = f"sqlite:///{tmp_path}/env.db"
     monkeypatch.setenv("TORTIE_DATASTORE", url)
-    assert main(["apply", "-f", write(tmp_path, "peer.yaml", PEER)]) == 0
+    assert main(["datastore", "init"]) == 0
     assert (tmp_path / "env.db").exists()
+    assert main(["apply", "-f", write(tmp_path, "peer.yaml", PEER)]) == 0

@@ -31,7 +31,9 @@ spec:
 
 @pytest.fixture
 def ds(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/state/tortie.db"
+    url = f"sqlite:///{tmp_path}/state/tortie.db"
+    assert main(["--datastore", url, "datastore", "init"]) == 0  # opening never creates
+    return url
 
 
 def run(ds: str, *args: str) -> int:

@@ -96,6 +96,7 @@ def test_version_loads_no_model_datastore_or_driver() -> None:
 
 def test_get_on_sqlite_loads_no_grpc_ipam_lab_or_yaml(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ds.db'}"
+    _loaded_after(["--datastore", url, "datastore", "init"])  # opening never creates one
     _loaded_after(["--datastore", url, "apply", "-f", "-"], stdin=POOL)
     loaded = _loaded_after(["--datastore", url, "get", "ippools"])
     heavy = HEAVY_EVERYWHERE | {"yaml", "tortie.ipam.client", "tortie.ctl.ipam"}

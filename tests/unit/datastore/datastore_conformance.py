@@ -92,6 +92,46 @@ class DatastoreConformance:
         assert store.url
         assert store.revision() >= 1
 
+    # -- identity (docs/datastore.md) -------------------------------------------------------
+    def test_identity_is_written_once_and_the_same_for_every_client(
+        self, store: Datastore, store_url: str
+    ) -> None:
+        from tortie.datastore.factory import open_datastore
+
+        if store_url.startswith("memory:"):
+            ident = store.identity()
+            assert ident and store.identity() == ident
+            other = open_datastore(store_url)  # memory:// is a new store: a new id
+            assert other.identity() not in ("", ident)
+            return
+        # Creation (tortie datastore init) writes the id; doing it again changes nothing.
+        init = open_datastore(store_url, create=True)
+        try:
+            ident = init.identity()
+            again = open_datastore(store_url, create=True)
+            try:
+                assert again.identity() == ident
+            finally:
+                again.close()
+        finally:
+            init.close()
+        assert len(ident) == 36  # a uuid4
+        assert store.identity() == ident
+        store.put("/id/x", "1")
+        store.delete("/id/x")
+        assert store.identity() == ident  # writes never change it
+        code = "import sys\nfrom tortie.datastore.factory import open_datastore\n"
+        code += "print(open_datastore(sys.argv[1]).identity())"
+        out = subprocess.run(
+            [sys.executable, "-c", code, store_url],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == ident  # another process sees the same id
+
     def test_get_absent(self, store: Datastore) -> None:
         assert store.get("/absent") is None
         result = store.list("/")

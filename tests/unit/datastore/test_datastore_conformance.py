@@ -37,7 +37,7 @@ class TestSqliteConformance(DatastoreConformance):
 
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[Datastore]:
-        s = SqliteDatastore(tmp_path / "store.db")
+        s = SqliteDatastore(tmp_path / "store.db", create=True)
         yield s
         s.close()
 

@@ -43,7 +43,7 @@ def test_relative_sqlite_path_is_relative_to_cwd(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert parse_url("sqlite:data/t.db") == ParsedURL("sqlite", str(tmp_path / "data/t.db"))
-    store = open_datastore("sqlite:data/t.db")
+    store = open_datastore("sqlite:data/t.db", create=True)
     try:
         assert isinstance(store, SqliteDatastore)
         assert store.url == "sqlite:data/t.db"
@@ -95,7 +95,7 @@ def test_open_memory() -> None:
 
 def test_open_sqlite_keeps_the_url(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path}/t.db?timeout=1"
-    store = open_datastore(url)
+    store = open_datastore(url, create=True)
     try:
         assert store.url == url
         store.put("/a", "1")
@@ -107,7 +107,7 @@ def test_open_sqlite_unavailable_names_url(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     url = f"sqlite://{tmp_path}/f/t.db"
     with pytest.raises(UnavailableError) as ei:
-        open_datastore(url)
+        open_datastore(url, create=True)
     assert url in str(ei.value)
 
 

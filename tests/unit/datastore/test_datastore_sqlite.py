@@ -28,7 +28,7 @@ def test_new_file_and_directories_are_private(tmp_path: Path) -> None:
     db = tmp_path / "a" / "b" / "tortie.db"
     old = os.umask(0o022)  # the usual umask: would give 0644 files and 0755 dirs
     try:
-        s = SqliteDatastore(db)
+        s = SqliteDatastore(db, create=True)
         s.put("/k", "v")
         w = s.watch("/", 1)  # a reader too, so -shm certainly exists
         w.next(timeout=0.1)
@@ -47,9 +47,9 @@ def test_new_file_and_directories_are_private(tmp_path: Path) -> None:
 
 def test_existing_world_readable_file_is_tightened(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    SqliteDatastore(db).close()
+    SqliteDatastore(db, create=True).close()
     db.chmod(0o644)
-    SqliteDatastore(db).close()
+    SqliteDatastore(db, create=True).close()
     assert mode(db) & 0o007 == 0
 
 
@@ -58,9 +58,9 @@ def test_file_that_is_not_a_database(tmp_path: Path) -> None:
     db.write_bytes(b"this is not an SQLite database, just some text\n" * 100)
     url = f"sqlite://{db}"
     with pytest.raises(UnavailableError) as ei:
-        SqliteDatastore(db, url=url)
+        SqliteDatastore(db, url=url, create=True)
     msg = str(ei.value)
-    assert url in msg and "not a usable SQLite database" in msg and "move it away" in msg
+    assert url in msg and "not an SQLite database" in msg and "left untouched" in msg
 
 
 def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
         c.execute("CREATE TABLE users (name TEXT)")
     c.close()
     with pytest.raises(UnavailableError, match="not a tortie datastore"):
-        SqliteDatastore(db)
+        SqliteDatastore(db, create=True)
 
 
 def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
@@ -77,24 +77,24 @@ def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
     db = tmp_path / "file" / "sub" / "t.db"  # a parent is a regular file
     url = f"sqlite://{db}"
     with pytest.raises(UnavailableError) as ei:
-        SqliteDatastore(db, url=url)
+        SqliteDatastore(db, url=url, create=True)
     assert url in str(ei.value) and "--datastore" in str(ei.value)
 
 
 def test_path_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(UnavailableError, match="is a directory"):
-        SqliteDatastore(tmp_path)
+        SqliteDatastore(tmp_path, create=True)
 
 
 def test_data_and_history_persist_across_reopen(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    s = SqliteDatastore(db)
+    s = SqliteDatastore(db, create=True)
     kv = s.create("/a", "1")
     s.put("/b", "1")
     s.compact(kv.mod_revision + 1)
     rev = s.revision()
     s.close()
-    s = SqliteDatastore(db)
+    s = SqliteDatastore(db, create=True)
     try:
         assert s.get("/a") == kv
         assert s.revision() == rev
@@ -108,8 +108,8 @@ def test_data_and_history_persist_across_reopen(tmp_path: Path) -> None:
 def test_watch_sees_writes_of_another_store_object(tmp_path: Path) -> None:
     # Two objects on one file behave like two processes: no in-process wake-up, so this
     # exercises the data_version poll.
-    a = SqliteDatastore(tmp_path / "t.db")
-    b = SqliteDatastore(tmp_path / "t.db")
+    a = SqliteDatastore(tmp_path / "t.db", create=True)
+    b = SqliteDatastore(tmp_path / "t.db", create=True)
     w = a.watch("/", a.revision() + 1)
     try:
         kv = b.put("/x", "1")
@@ -127,13 +127,13 @@ def test_watch_sees_writes_of_another_store_object(tmp_path: Path) -> None:
 
 def test_watch_sees_writes_of_another_process(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    s = SqliteDatastore(db)
+    s = SqliteDatastore(db, create=True)
     w = s.watch("/p/", s.revision() + 1)
     code = textwrap.dedent(
         """
         import sys
         from tortie.datastore.sqlite import SqliteDatastore
-        s = SqliteDatastore(sys.argv[1])
+        s = SqliteDatastore(sys.argv[1], create=True)
         for i in range(20):
             s.put(f"/p/{i:02d}", str(i))
         s.close()
@@ -149,7 +149,7 @@ def test_watch_sees_writes_of_another_process(tmp_path: Path) -> None:
 
 
 def test_lagging_watch_gets_compacted_error(tmp_path: Path) -> None:
-    s = SqliteDatastore(tmp_path / "t.db")
+    s = SqliteDatastore(tmp_path / "t.db", create=True)
     try:
         w = s.watch("/", s.revision() + 1)
         s.put("/a", "1")
@@ -163,7 +163,7 @@ def test_lagging_watch_gets_compacted_error(tmp_path: Path) -> None:
 
 
 def test_prune_history_keeps_the_last_revisions(tmp_path: Path) -> None:
-    s = SqliteDatastore(tmp_path / "t.db")
+    s = SqliteDatastore(tmp_path / "t.db", create=True)
     try:
         for i in range(10):
             s.put("/a", str(i))
@@ -183,7 +183,7 @@ def test_prune_history_keeps_the_last_revisions(tmp_path: Path) -> None:
 
 def test_writer_blocked_past_busy_timeout_is_unavailable(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    s = SqliteDatastore(db, busy_timeout=0.2)
+    s = SqliteDatastore(db, busy_timeout=0.2, create=True)
     holder = sqlite3.connect(db, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # another "process" holds the write lock
@@ -198,7 +198,7 @@ def test_writer_blocked_past_busy_timeout_is_unavailable(tmp_path: Path) -> None
 
 
 def test_closed_store_is_unavailable(tmp_path: Path) -> None:
-    s = SqliteDatastore(tmp_path / "t.db")
+    s = SqliteDatastore(tmp_path / "t.db", create=True)
     w = s.watch("/", 1)
     s.close()
     with pytest.raises(UnavailableError, match="closed"):
@@ -208,7 +208,7 @@ def test_closed_store_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_default_url_names_the_absolute_path(tmp_path: Path) -> None:
-    s = SqliteDatastore(tmp_path / "t.db")
+    s = SqliteDatastore(tmp_path / "t.db", create=True)
     try:
         assert s.url == f"sqlite://{tmp_path}/t.db"
     finally:
@@ -235,7 +235,7 @@ def test_many_processes_create_the_same_new_file_at_once(tmp_path: Path) -> None
     code = (
         "import sys\n"
         "from tortie.datastore.factory import open_datastore\n"
-        "s = open_datastore(sys.argv[1])\n"
+        "s = open_datastore(sys.argv[1], create=True)\n"
         "s.put('/k/' + sys.argv[2], 'v')\n"
         "s.close()\n"
     )
@@ -246,7 +246,7 @@ def test_many_processes_create_the_same_new_file_at_once(tmp_path: Path) -> None
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    s = SqliteDatastore(tmp_path / "new" / "t.db")
+    s = SqliteDatastore(tmp_path / "new" / "t.db", create=True)
     try:
         assert len(s.list("/k/").items) == 8
         assert s.revision() == 9

@@ -42,7 +42,9 @@ IN_SYNC = StatusChanged(SyncStatus.IN_SYNC)
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datastore]:
     s: Datastore = (
-        MemoryDatastore() if request.param == "memory" else SqliteDatastore(tmp_path / "s.db")
+        MemoryDatastore()
+        if request.param == "memory"
+        else SqliteDatastore(tmp_path / "s.db", create=True)
     )
     yield s
     s.close()
@@ -279,7 +281,7 @@ def test_opener_is_retried_and_its_store_closed(
         if not attempts:
             attempts.append(None)  # type: ignore[arg-type]
             raise UnavailableError("sqlite:///x", "not yet")
-        s = SqliteDatastore(tmp_path / "s.db")
+        s = SqliteDatastore(tmp_path / "s.db", create=True)
         attempts.append(s)
         return s
 

@@ -21,7 +21,7 @@ ROUNDS = 10
 
 def test_overlapping_applies_at_once_one_wins_every_round(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/race.db"
-    store = open_datastore(url)  # created here: the racing applies only write
+    store = open_datastore(url, create=True)  # created here: the racing applies only write
     store.close()
     outcomes = pool_race.race(url, tmp_path, fillers=150, rounds=ROUNDS)
     assert [o.problem for o in outcomes if o.problem] == []

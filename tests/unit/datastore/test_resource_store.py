@@ -53,7 +53,11 @@ def peer(name: str, password: Any = None, **meta: Any) -> BGPPeer:
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datastore]:
     ds: Datastore
-    ds = MemoryDatastore() if request.param == "memory" else SqliteDatastore(tmp_path / "t.db")
+    ds = (
+        MemoryDatastore()
+        if request.param == "memory"
+        else SqliteDatastore(tmp_path / "t.db", create=True)
+    )
     try:
         yield ds
     finally:

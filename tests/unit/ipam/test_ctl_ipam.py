@@ -22,7 +22,7 @@ HEADER = "| GROUPING |     CIDR    | IPS TOTAL | IPS IN USE |  IPS FREE |"
 @pytest.fixture
 def ds(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path}/tortie.db"
-    store = open_datastore(url)
+    store = open_datastore(url, create=True)
     pool = IPPool.from_document(
         {
             "apiVersion": "projectcalico.org/v3",

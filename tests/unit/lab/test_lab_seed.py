@@ -27,7 +27,7 @@ def journal_for(tmp_path: Path, url: str) -> Journal:
 def test_shared_datastore_round_trip(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'shared.db'}"
     topology = build_topology(LabOptions(mode="bgp"), 1)
-    store = ResourceStore(open_datastore(url))
+    store = ResourceStore(open_datastore(url, create=True))  # the user's `datastore init`
     mine = BGPConfiguration.from_document(
         {
             "apiVersion": "projectcalico.org/v3",
@@ -51,6 +51,6 @@ def test_shared_datastore_round_trip(tmp_path: Path) -> None:
 def test_conflicting_resource_stops_the_build(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'shared.db'}"
     other = build_topology(LabOptions(mode="vxlan"), 1)
-    ResourceStore(open_datastore(url)).apply([ippool(other)])
+    ResourceStore(open_datastore(url, create=True)).apply([ippool(other)])
     with pytest.raises(LabBuildError, match="already has IPPool 'default-ipv4-ippool'"):
         seed_datastore(journal_for(tmp_path, url), build_topology(LabOptions(mode="ipip"), 1))

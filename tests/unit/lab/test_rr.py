@@ -101,6 +101,7 @@ def test_bird_accepts_the_reflectors_config(tmp_path: Path) -> None:
 def _journal(tmp_path: Path) -> Journal:
     state = LabState(name="u", lab_dir=str(tmp_path), token="t", options={})
     state.datastore = f"sqlite://{tmp_path / 'ds.db'}"
+    open_datastore(state.datastore, create=True).close()  # as `lab up` seeds it first
     return Journal(state)
 
 
