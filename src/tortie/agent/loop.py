@@ -23,6 +23,9 @@ Design (Felix's, see felix/design/dataplane.md):
   targeted repairs: a device that went down or away makes its routes dirty (IPv4 flushes them
   without a word), a route of ours deleted or replaced is rewritten, a deleted tunnel device
   is re-created, our nft table is re-read; lost events mean a full resync (docs/agent.md).
+- Fail static (:mod:`tortie.agent.trust`): while the datastore guard refuses the store (another
+  id, or its revision went backwards), the loop makes no kernel or IPAM write at all; when the
+  guard lifts, the next pass re-dumps the kernel.
 
 Hazards: IPAM calls (tunnel address) write to the datastore from this loop; they happen only
 when the pool set changes or a previous attempt failed, never on every pass.
@@ -61,6 +64,7 @@ from tortie.agent.desired import (
 from tortie.agent.health import Health, HealthBoard
 from tortie.agent.registration import register_node
 from tortie.agent.state import ClusterState
+from tortie.agent.trust import DatastoreGuard
 from tortie.dataplane.ipip import IPIP_OVERHEAD, IPIPBackend
 from tortie.dataplane.monitor import KernelChanges
 from tortie.dataplane.netlink import Netlink
@@ -143,6 +147,7 @@ class NodeAgent:
         board: HealthBoard | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        guard: DatastoreGuard | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -185,6 +190,8 @@ class NodeAgent:
         self._gc_at = 0.0
         self._converged = False
         self._detail = "waiting for the datastore"
+        self.guard = guard
+        self._refused = False
         self.last_desired = DesiredRoutes()
         # Read by CNI server threads: an int attribute swap is atomic, no lock needed.
         self.current_pod_mtu = 1500
@@ -223,7 +230,7 @@ class NodeAgent:
         """One pass: fold queued events, then reconcile if anything is due."""
         self._fold(timeout)
         self.counters.passes += 1
-        if self.state.in_sync:
+        if self.state.in_sync and not self._guard_refuses():
             now = self._clock()
             resync = now >= self._resync_at
             if resync:
@@ -242,6 +249,19 @@ class NodeAgent:
                 self._gc_at = now + self._jittered(IPAM_GC_INTERVAL)
                 self._ipam_gc()
         self._publish()
+
+    def _guard_refuses(self) -> bool:
+        """Issue 17: no write while the guard refuses the datastore (the kernel stays as it
+        is); once it lifts, resync at once (the kernel may have drifted meanwhile)."""
+        problem = self.guard.check(self.state) if self.guard is not None else ""
+        if problem:
+            self._refused = True
+            self._converged, self._detail = False, problem
+            return True
+        if self._refused:
+            self._refused = False
+            self._resync_at = self._clock()
+        return False
 
     # -- the reconcile pass ---------------------------------------------------------------
     def reconcile(self) -> ApplyResult | None:

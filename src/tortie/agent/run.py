@@ -8,17 +8,27 @@ kernel, the health endpoints, and signal handling.
 Invariants: SIGTERM/SIGINT stop the loop and leave the dataplane in place (routes, tunl0, BPF
 programs stay: pods keep talking while the agent restarts); the status file in the node's
 state directory says whether the agent is running and what it chose, for
-``tortie node status`` and the lab.
+``tortie node status`` and the lab, from the start: while it waits (for the datastore to
+open, to be the store this node knows, or for its registration to succeed) its ``detail``
+says what it waits for, and every wait retries with backoff instead of exiting.
+
+Creating the datastore (docs/datastore.md): the agent's first start creates the store if it is
+missing, and only then: a node whose state directory records a datastore
+(:mod:`tortie.agent.trust`) has used one, so a missing store was moved away: it waits, and
+says so. Before registering, the store is checked against that record (the same id, no
+revision lower than seen); a mismatch is waited out, not written into.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -27,11 +37,12 @@ from tortie.agent.cniserver import CniServer
 from tortie.agent.config import AgentConfig, AgentConfigError, detect_address
 from tortie.agent.health import HealthBoard, serve
 from tortie.agent.loop import NodeAgent
+from tortie.agent.trust import DatastoreGuard, record_path
 from tortie.dataplane.ipip import IPIPBackend, make_ipip_backend
 from tortie.dataplane.monitor import NetlinkMonitor
 from tortie.dataplane.nftables import NftablesManager
 from tortie.dataplane.vxlan import VXLANManager
-from tortie.datastore.api import Datastore, UnavailableError
+from tortie.datastore.api import Datastore, DatastoreError, InvalidURLError
 from tortie.datastore.factory import open_datastore
 from tortie.ipam.client import IPAM
 
@@ -41,17 +52,86 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def open_store_waiting(url: str, stop: threading.Event) -> Datastore | None:
-    """Open the datastore, retrying with backoff while it is unavailable."""
+MAX_BACKOFF = 10.0
+
+
+def open_store_waiting(
+    url: str,
+    stop: threading.Event,
+    *,
+    create: bool = False,
+    waiting: Callable[[str], None] = lambda _why: None,
+) -> Datastore | None:
+    """Open the datastore (creating it only if ``create``), retrying with backoff while it
+    cannot be opened; ``waiting(why)`` is told each time. A bad URL raises: it will not heal."""
     delay = 0.5
     while not stop.is_set():
         try:
-            return open_datastore(url)
-        except UnavailableError as err:
+            return open_datastore(url, create=create)
+        except InvalidURLError:
+            raise
+        except DatastoreError as err:
             log.warning("%s; retrying in %.1fs", err, delay)
+            waiting(f"waiting for the datastore: {err}")
             stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, MAX_BACKOFF)
     return None
+
+
+def register_waiting(
+    agent: NodeAgent,
+    guard: DatastoreGuard,
+    stop: threading.Event,
+    waiting: Callable[[str], None] = lambda _why: None,
+) -> bool:
+    """Check the store against this node's record, then register the Node; retry both with
+    backoff (a store that broke after the open, a replaced one) until they succeed or
+    ``stop``. Returns False if stopped first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            problem = guard.verify(agent.store.revision())
+            if not problem:
+                agent.register()
+                return True
+            why = f"waiting for the datastore: {problem}"
+        except DatastoreError as err:
+            why = f"waiting for the datastore: registering node {agent.cfg.node_name}: {err}"
+        log.warning("%s; retrying in %.1fs", why, delay)
+        waiting(why)
+        stop.wait(delay)
+        delay = min(delay * 2, MAX_BACKOFF)
+    return False
+
+
+class StartingStatus:
+    """The status file while the agent starts (before its loop writes the full one), so
+    ``tortie node status`` says what it waits for instead of "not running"."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self._cfg = cfg
+        self.detail = "starting"
+
+    def __call__(self, detail: str) -> None:
+        if detail == self.detail:
+            return
+        self.detail = detail
+        doc = {
+            "node": self._cfg.node_name,
+            "pid": os.getpid(),
+            "phase": "starting",
+            "in_sync": False,
+            "converged": False,
+            "detail": detail,
+        }
+        path = self._cfg.status_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+            os.replace(tmp, path)
+        except OSError as err:
+            log.debug("status file: %s", err)
 
 
 def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
@@ -60,9 +140,18 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     _install_signal_handlers(stop)
     cfg.node_state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = open_store_waiting(cfg.datastore_url, stop)
+    starting = StartingStatus(cfg)
+    starting("waiting for the datastore")
+    guard_file = record_path(cfg.node_state_dir)
+    # Only a node that has never used a datastore may create one (module docstring).
+    first_start = not guard_file.exists()
+    if first_start:
+        log.info("no datastore recorded in %s: creating it if missing", cfg.node_state_dir)
+    store = open_store_waiting(cfg.datastore_url, stop, create=first_start, waiting=starting)
     if store is None:
+        _remove_status(cfg)
         return 0
+    guard = DatastoreGuard(store, guard_file, cfg.node_name)
     netlink = Pyroute2Netlink()
     address = detect_address(netlink, cfg.ip_autodetect, cfg.ip)
     log.info(
@@ -110,15 +199,22 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         vxlan_factory=vxlan_factory,
         bgp=bgp,
         board=board,
+        guard=guard,
     )
-    agent.register()
+    if not register_waiting(agent, guard, stop, starting):
+        _remove_status(cfg)
+        store.close()
+        netlink.close()
+        return 0
     monitor = _kernel_monitor(cfg, netlink, firewall)
-    # The CNI plugin is a thin stdlib client; this server does the pod wiring, warm.
+    # The CNI plugin is a thin stdlib client; this server does the pod wiring, warm. Its
+    # writes are refused while the guard refuses the store (no address from a rolled-back one).
+    cni_store = guard.guarded(store)
     cni = CniServer(
         str(cfg.cni_socket),
         cfg.node_name,
-        store,
-        IPAM(store),
+        cni_store,
+        IPAM(cni_store),
         lambda: agent.current_pod_mtu,
     )
     try:
@@ -152,8 +248,8 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
             server.shutdown()
         with contextlib.suppress(OSError):
             pid_file.unlink()
-        with contextlib.suppress(OSError):
-            cfg.status_file.unlink()
+        _remove_status(cfg)
+        guard.flush(agent.state.revision)
         store.close()
         netlink.close()
     log.info("agent stopped; the dataplane stays as it is")
@@ -170,6 +266,11 @@ def _kernel_monitor(
         return None
     rs = firewall.ruleset
     return NetlinkMonitor(echo_portids=[netlink.route_portid], nft_table=(rs.family, rs.table))
+
+
+def _remove_status(cfg: AgentConfig) -> None:
+    with contextlib.suppress(OSError):
+        cfg.status_file.unlink()
 
 
 def _status_writer(agent: NodeAgent, stop: threading.Event) -> None:

@@ -18,6 +18,12 @@ Invariants:
   ``bgp_configs``, ``bgp_peers``, ``ipam_configs``, ``affinities``, ``blocks``), so a consumer
   can cache what it derives from some tables and recompute only when one of them moved.
 
+- What the datastore guard (:mod:`tortie.agent.trust`) needs is kept apart from the view:
+  the syncer's status and its detail, ``syncs`` (in-syncs so far) with the revision of the last
+  one (``listed_revision``: ``revision`` never goes down, a rolled-back store's listing does),
+  and ``identity_events`` (changes to the etcd identity key, ``IDENTITY_KEY``). Other keys
+  under ``/tortie/meta/`` (guards of other writers) are not resources: ignored.
+
 Hazards: blocks are rewritten on every address assignment, so block updates are the hottest
 event; decoding one is O(block size) and the loop coalesces bursts before recomputing.
 """
@@ -30,7 +36,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 
-from tortie.datastore.syncer import Deleted, InSync, StatusChanged, SyncEvent, Update
+from tortie.datastore.api import IDENTITY_KEY
+from tortie.datastore.syncer import (
+    Deleted,
+    InSync,
+    StatusChanged,
+    SyncEvent,
+    SyncStatus,
+    Update,
+)
 from tortie.errors import TortieError
 from tortie.model import ipam as ipam_model
 from tortie.model.errors import ModelError
@@ -78,6 +92,11 @@ class ClusterState:
     revision: int = 0
     dirty: bool = True
     versions: dict[str, int] = field(default_factory=dict)
+    sync_status: SyncStatus = SyncStatus.WAIT_FOR_DATASTORE
+    sync_detail: str = ""
+    syncs: int = 0
+    listed_revision: int = 0
+    identity_events: int = 0
 
     def version_of(self, *tables: str) -> tuple[int, ...]:
         """A cache key for what is derived from ``tables`` (see ``versions``)."""
@@ -89,7 +108,10 @@ class ClusterState:
 
     # -- folding events -------------------------------------------------------------------
     def apply(self, event: SyncEvent) -> None:
-        if isinstance(event, Update):
+        if isinstance(event, Update | Deleted) and event.key == IDENTITY_KEY:
+            self.revision = max(self.revision, event.revision)
+            self.identity_events += 1
+        elif isinstance(event, Update):
             self.revision = max(self.revision, event.revision)
             self._update(event.key, event.value)
         elif isinstance(event, Deleted):
@@ -101,8 +123,12 @@ class ClusterState:
                 log.info("datastore in sync at revision %d", event.revision)
             self.in_sync = True
             self.dirty = True
+            self.syncs += 1
+            self.listed_revision = event.revision
         elif isinstance(event, StatusChanged):
             log.info("datastore sync status: %s %s", event.status.name, event.detail)
+            self.sync_status = event.status
+            self.sync_detail = event.detail
 
     def _update(self, key: str, value: str) -> None:
         try:

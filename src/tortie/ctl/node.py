@@ -1,5 +1,9 @@
 """``tortie node run|status|bpf``: the node agent's command line, and what it set up.
 
+``node status`` reads the agent's status file: a starting agent writes one too, with
+``"phase": "starting"`` and what it waits for (the datastore, its registration), printed
+instead of "not running".
+
 Options follow calico-node's environment knobs where they exist (IP, IP_AUTODETECTION_METHOD,
 AS, NODENAME) with tortie's own additions (IPIP backend, health port, state directory).
 ``--name`` defaults to ``$TORTIE_NODENAME`` then the host name, as Calico's NODENAME does.
@@ -165,6 +169,8 @@ def _status(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or Path(os.environ.get("TORTIE_STATE_DIR") or DEFAULT_RUN_DIR / name)
     agent = _agent_status(state_dir)
     running = agent is not None
+    # A starting agent (waiting for its datastore, or for its registration) says why.
+    starting = agent is not None and agent.get("phase") == "starting"
     rows: list[PeerStatus] = []
     problem = ""
     speaker: SpeakerCheck | None = None  # whether the speaker answers, not only exists
@@ -176,14 +182,23 @@ def _status(args: argparse.Namespace) -> int:
         doc = status_json(rows, running, speaker)
         doc["node"] = name
         doc["agent"] = agent
+        doc["agentPhase"] = None if agent is None else agent.get("phase", "running")
         if problem:
             doc["bgpProblem"] = problem
         print(json.dumps(doc, indent=2))
     else:
-        print(render_status(rows, running, speaker=speaker), end="")
+        text = render_status(rows, running, speaker=speaker)
+        if starting:
+            assert agent is not None
+            text = text.replace(
+                "tortie agent is running.",
+                f"tortie agent is starting (pid {agent.get('pid')}): {agent.get('detail')}",
+                1,
+            )
+        print(text, end="")
         if problem:
             print(f"\n(no BGP speaker answered: {problem})")
-        if agent and not agent.get("converged"):
+        if agent and not starting and not agent.get("converged"):
             print(f"\nDataplane not converged: {agent.get('detail')}")
     return 0 if running else 1
 

@@ -14,6 +14,9 @@ Protocol (events passed to the callback, in this order):
   ``StatusChanged(IN_SYNC)``.
 - whenever the store cannot be reached (before the first list too):
   ``StatusChanged(WAIT_FOR_DATASTORE, detail)``, once per outage, then the resync above.
+- when the store answers but is not the one delivered so far (another id, or its revision went
+  backwards: :class:`DatastoreReplacedError`): ``StatusChanged(REPLACED, detail)``; the syncer
+  keeps retrying, and a consumer must not act on its view meanwhile (docs/datastore.md).
 
 Invariants:
 - After each ``InSync(r)`` the consumer's view (applying the events in order) equals the
@@ -45,6 +48,7 @@ from tortie.datastore.api import (
     CompactedError,
     Datastore,
     DatastoreError,
+    DatastoreReplacedError,
     EventType,
     ListResult,
     UnavailableError,
@@ -66,6 +70,7 @@ log = logging.getLogger(__name__)
 
 class SyncStatus(enum.Enum):
     WAIT_FOR_DATASTORE = "wait-for-datastore"
+    REPLACED = "replaced"  # the store at the URL is not the one synced so far: do not act
     RESYNC = "resync"
     IN_SYNC = "in-sync"
 
@@ -228,6 +233,11 @@ class Syncer:
                 # healthy). The next list is at or after the horizon, so this cannot spin.
                 log.info("%s: %s", self.name, e)
                 self._set_status(SyncStatus.RESYNC)
+            except DatastoreReplacedError as e:
+                log.error("%s: %s (checking again in %.3g s)", self.name, e, backoff)
+                self._set_status(SyncStatus.REPLACED, str(e))
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
             except DatastoreError as e:
                 if self._store is None and not isinstance(e, UnavailableError):
                     raise  # cannot open: a bad URL will not get better
