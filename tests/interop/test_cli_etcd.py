@@ -118,3 +118,22 @@ def _strip(doc: object) -> object:
     if isinstance(doc, list):
         return [_strip(v) for v in doc]
     return doc
+
+
+def test_datastore_init_info_and_accept_on_etcd(
+    etcd: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/datastore.md: on etcd, init writes the identity key once; info shows it; a node
+    accepts the store now at the URL."""
+    assert run(etcd, "datastore", "info", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out)["id"] == ""  # a fresh etcd: nobody initialised it
+    assert run(etcd, "datastore", "accept", "--node", "n1", "--state-dir", str(tmp_path)) == 1
+    assert "tortie datastore init" in capsys.readouterr().err
+    assert run(etcd, "datastore", "init") == 0
+    ident = capsys.readouterr().out.split(" id ")[1].split(",")[0]
+    assert run(etcd, "datastore", "init") == 0
+    assert ident in capsys.readouterr().out  # idempotent
+    assert run(etcd, "datastore", "info", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out)["id"] == ident
+    assert run(etcd, "datastore", "accept", "--node", "n1", "--state-dir", str(tmp_path)) == 0
+    assert json.loads((tmp_path / "datastore.json").read_text())["id"] == ident

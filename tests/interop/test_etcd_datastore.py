@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tortie.datastore.api import (
+    IDENTITY_KEY,
     DatastoreError,
     Put,
     UnavailableError,
@@ -192,3 +193,33 @@ def test_syncer_survives_an_etcd_restart(start_etcd) -> None:
         ]
     finally:
         syncer.stop()
+
+
+def test_identity_key_is_create_if_absent_and_watched_like_any_key(store: EtcdDatastore) -> None:
+    """docs/datastore.md: /tortie/meta/datastore holds the id; init never overwrites it; the
+    agent sees it deleted or replaced through its watch of /tortie/ and stops acting."""
+    if store.get(IDENTITY_KEY) is not None:
+        store.delete(IDENTITY_KEY)
+    assert store.identity() == ""  # nobody initialised this etcd
+    first = store.ensure_identity()
+    assert store.ensure_identity() == first == store.identity()  # idempotent
+    w = store.watch("/tortie/", store.revision() + 1)
+    try:
+        store.delete(IDENTITY_KEY)
+        events = []
+        end = time.monotonic() + WAIT
+        while not events and time.monotonic() < end:
+            events = w.next(timeout=0.5)
+        assert [(e.type.value, e.key) for e in events] == [("delete", IDENTITY_KEY)]
+    finally:
+        w.close()
+    assert store.identity() == ""
+    store.put(IDENTITY_KEY, "not json")
+    with pytest.raises(DatastoreError, match="holds no valid id"):
+        store.identity()
+    store.delete(IDENTITY_KEY)
+    again = open_datastore(store.url, create=True)  # tortie datastore init
+    try:
+        assert again.identity() not in ("", first)  # a new store: a new id
+    finally:
+        again.close()
