@@ -13,10 +13,11 @@ Rules (docs/datastore.md):
   SQLite's URI ``mode=rw`` (never ``rwc``: https://www.sqlite.org/uri.html), so a file moved
   away between the check and the open is not made again either.
 - Nothing is changed before the file is known to be a tortie store (:func:`check_store`): a
-  regular file (not a FIFO, device or directory: nothing is opened that could block), the
-  SQLite header, then tortie's tables read with ``immutable=1`` (no lock, no journal, no
-  ``-wal``/``-shm`` made). Only then may the caller switch it to WAL, tighten its mode or make
-  ``-notify`` (and only creation does the last two).
+  regular file (not a FIFO, device or directory: nothing is opened that could block), not
+  empty, then SQLite's header and tortie's tables read with ``immutable=1`` (no lock, no
+  journal, no ``-wal``/``-shm`` made), and never with a raw ``open()`` (it would drop this
+  process's SQLite locks on the file: :func:`check_store`). Only then may the caller switch
+  it to WAL, tighten its mode or make ``-notify`` (and only creation does the last two).
 - Creation is explicit (:func:`create_store`): a complete store (schema, id, WAL mode) is built
   in a temporary file next to the target and hard-linked into place, so the path never holds
   a half-made store and an existing file is never overwritten. It refuses where a ``-wal`` or
@@ -70,8 +71,6 @@ __all__ = [
 SCHEMA_VERSION = 2  # 2 added meta.datastore_id and meta.created
 READABLE_SCHEMAS = frozenset({1, 2})
 TABLES = frozenset({"meta", "kv", "changes"})
-HEADER_MAGIC = b"SQLite format 3\x00"
-HEADER_SIZE = 100
 NOTIFY_SUFFIX = "-notify"
 JOURNAL_SUFFIXES = ("-wal", "-shm")
 # SQLite's primary result codes for a broken file (https://www.sqlite.org/rescode.html).
@@ -183,28 +182,6 @@ class Checked:
     """What :func:`check_store` found."""
 
     schema_version: int | None  # None: the tables may be in the WAL only (see the hazards)
-    wal: bool  # the header says WAL mode
-
-
-def _read_header(path: str, url: str, st: os.stat_result) -> bytes:
-    try:
-        # O_NONBLOCK: were a FIFO swapped in after the stat, the open must not hang.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise missing_error(path, url) from None
-    except OSError as err:
-        raise UnavailableError(
-            url, f"cannot read {path}: {_why(err)}; check its permissions or the path"
-        ) from None
-    try:
-        now = os.fstat(fd)
-        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise UnavailableError(url, f"{path} changed while it was being checked; retry")
-        return os.pread(fd, HEADER_SIZE, 0)
-    except OSError as err:
-        raise UnavailableError(url, f"cannot read {path}: {_why(err)}") from None
-    finally:
-        os.close(fd)
 
 
 def _tables(path: str, url: str) -> tuple[frozenset[str], int | None]:
@@ -225,6 +202,14 @@ def _tables(path: str, url: str) -> tuple[frozenset[str], int | None]:
             version = row[0]
         return names, version
     except sqlite3.DatabaseError as err:
+        if getattr(err, "sqlite_errorcode", None) == SQLITE_NOTADB:
+            # SQLite checks the header's magic string first: this is someone else's file (or
+            # a store whose first page is gone, which nothing can open either).
+            raise NotADatastoreError(
+                url,
+                f"{path} is not an SQLite database; it was left untouched: check the path, or "
+                "choose another with --datastore",
+            ) from None
         if is_corruption(err):
             raise corrupt_error(path, str(err)) from None
         raise NotADatastoreError(
@@ -240,22 +225,24 @@ def check_store(path: str, url: str) -> Checked:
     """Is ``path`` a tortie store this tortie reads? Changes nothing, creates nothing.
 
     Raises :class:`DatastoreMissingError`, :class:`NotADatastoreError` (something else is
-    there: left untouched), :class:`CorruptDatastoreError`, or :class:`UnavailableError`."""
+    there: left untouched), :class:`CorruptDatastoreError`, or :class:`UnavailableError`.
+
+    The file is read only through SQLite (an ``immutable=1`` connection), never with a raw
+    ``open()``: POSIX record locks belong to the process and inode, and closing *any*
+    descriptor of the file drops every lock the process holds on it, including those of
+    live SQLite connections. Another process's last connection then takes the exclusive lock,
+    checkpoints and deletes the ``-wal`` and ``-shm`` this process still commits into: the
+    data loss of issue 17 item 1 by another road. SQLite's own descriptors are safe: its unix
+    VFS keeps a descriptor whose inode still holds locks open until they are released
+    (https://www.sqlite.org/howtocorrupt.html, section 2.2)."""
     st = _stat(path, url)
-    header = _read_header(path, url, st)
-    if not header:
+    if st.st_size == 0:
         raise NotADatastoreError(
             url,
-            f"{path} is an empty file, not a tortie datastore (tortie never leaves one empty); "
-            "it was left untouched: remove it, or check the path",
+            f"{path} is empty (or a kernel file that reports no size): not an SQLite database "
+            "and not a tortie datastore (tortie never leaves one empty); it was left untouched: "
+            "check the path",
         )
-    if not header.startswith(HEADER_MAGIC) or len(header) < HEADER_SIZE:
-        raise NotADatastoreError(
-            url,
-            f"{path} is not an SQLite database; it was left untouched: check the path, or "
-            "choose another with --datastore",
-        )
-    wal = header[18] == 2 and header[19] == 2
     names, version = _tables(path, url)
     if version is not None:
         if version not in READABLE_SCHEMAS:
@@ -264,9 +251,9 @@ def check_store(path: str, url: str) -> Checked:
                 f"{path} has schema version {version}; this tortie reads versions "
                 f"{', '.join(map(str, sorted(READABLE_SCHEMAS)))}: upgrade tortie",
             )
-        return Checked(int(version), wal)
-    if not names and wal and os.path.exists(path + "-wal"):
-        return Checked(None, wal)
+        return Checked(int(version))
+    if not names and os.path.exists(path + "-wal"):
+        return Checked(None)
     what = f"tables: {', '.join(sorted(names))}" if names else "it has no tables"
     raise NotADatastoreError(
         url,

@@ -213,6 +213,47 @@ def test_readers_racing_a_moved_away_live_store_lose_nothing(tmp_path: Path) -> 
         s.close()
 
 
+def _open_close_elsewhere(db: Path) -> None:
+    """Another process opens the store and closes it: if it finds no other process holding the
+    file's locks, its close checkpoints and deletes the -wal and -shm (SQLite's rule)."""
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "c.execute('SELECT count(*) FROM kv').fetchone(); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db)], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("second", ["store", "check"])
+def test_opening_the_file_again_in_one_process_keeps_its_locks(tmp_path: Path, second: str) -> None:
+    # Found while fixing item 1: reading the header with a raw open()/close() dropped every
+    # POSIX lock this process held on the file (locks belong to process and inode), so another
+    # process's close deleted the -wal that the first store still committed into.
+    db = tmp_path / "t.db"
+    url = f"sqlite://{db}"
+    first = open_datastore(url, create=True)
+    try:
+        first.put("/k/0", "before")
+        assert os.path.exists(f"{db}-wal")
+        if second == "store":
+            other = open_datastore(url)
+            assert other.get("/k/0") is not None
+            other.close()
+        else:
+            from tortie.datastore import sqlitefile
+
+            sqlitefile.check_store(str(db), url)
+        _open_close_elsewhere(db)
+        assert os.path.exists(f"{db}-wal"), "the live store's -wal was deleted under it"
+        first.put("/k/1", "after")
+        reader = open_datastore(url)
+        try:
+            assert reader.get("/k/1") is not None
+        finally:
+            reader.close()
+    finally:
+        first.close()
+
+
 # -- item 2: a path that is not tortie's is left untouched ---------------------------------------
 def _attempts(db: Path) -> None:
     """Open ``db`` as readers do, then as `tortie datastore init` does: both refused."""
@@ -235,7 +276,7 @@ def test_an_empty_file_is_not_taken_for_a_store(tmp_path: Path) -> None:
     f = tmp_path / "empty.db"
     f.touch(0o644)
     before = snapshot(f)
-    with pytest.raises(NotADatastoreError, match="empty file"):
+    with pytest.raises(NotADatastoreError, match="is empty"):
         open_datastore(f"sqlite://{f}")
     _attempts(f)
     assert snapshot(f) == before
