@@ -73,7 +73,7 @@ from tortie.dataplane.vxlan import VXLAN_OVERHEAD, RemoteVTEP, vtep_mac_for
 from tortie.dataplane.workload import configure_workload_interface
 from tortie.datastore.api import Datastore
 from tortie.datastore.resources import ResourceStore
-from tortie.datastore.syncer import Syncer, SyncEvent
+from tortie.datastore.syncer import StatusChanged, Syncer, SyncEvent
 from tortie.errors import TortieError
 from tortie.ipam.client import IPAM
 from tortie.model.resources import WorkloadEndpoint
@@ -148,6 +148,7 @@ class NodeAgent:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         guard: DatastoreGuard | None = None,
+        wallclock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -192,6 +193,8 @@ class NodeAgent:
         self._detail = "waiting for the datastore"
         self.guard = guard
         self._refused = False
+        self._wallclock = wallclock
+        self._sync_since: float | None = None  # Unix time of the syncer's last status change
         self.last_desired = DesiredRoutes()
         # Read by CNI server threads: an int attribute swap is atomic, no lock needed.
         self.current_pod_mtu = 1500
@@ -604,6 +607,8 @@ class NodeAgent:
         elif isinstance(event, KernelChanges):
             self._kernel_changed(event)
         else:
+            if isinstance(event, StatusChanged):
+                self._sync_since = self._wallclock()
             self.state.apply(event)
 
     def _kernel_changed(self, changes: KernelChanges) -> None:
@@ -728,6 +733,13 @@ class NodeAgent:
             "in_sync": h.in_sync,
             "converged": h.converged,
             "detail": h.detail,
+            # The syncer's status now (in_sync says only that it was in sync once): while the
+            # datastore is away the agent keeps the dataplane and refuses pod ADDs; say so.
+            "datastore": {
+                "status": self.state.sync_status.value,
+                "detail": self.state.sync_detail,
+                "since": self._sync_since,
+            },
             "ipip_backend": self._backend.name if self._backend else None,
             "ipip_backend_reason": self.backend_reason,
             "tunnel_address": str(self._tunnel_addr) if self._tunnel_addr else None,

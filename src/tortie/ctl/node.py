@@ -2,7 +2,8 @@
 
 ``node status`` reads the agent's status file: a starting agent writes one too, with
 ``"phase": "starting"`` and what it waits for (the datastore, its registration), printed
-instead of "not running".
+instead of "not running"; a running agent whose datastore went away says so (its
+``datastore.status``), since its dataplane stays but no pod can be added meanwhile.
 
 Options follow calico-node's environment knobs where they exist (IP, IP_AUTODETECTION_METHOD,
 AS, NODENAME) with tortie's own additions (IPIP backend, health port, state directory).
@@ -200,7 +201,28 @@ def _status(args: argparse.Namespace) -> int:
             print(f"\n(no BGP speaker answered: {problem})")
         if agent and not starting and not agent.get("converged"):
             print(f"\nDataplane not converged: {agent.get('detail')}")
+        if agent and not starting:
+            print(_datastore_line(agent.get("datastore")), end="")
     return 0 if running else 1
+
+
+def _datastore_line(ds: object) -> str:
+    """What a running agent's datastore sync status means, when it is not "in sync": the
+    agent keeps the dataplane as it is (fail static) and refuses pod ADDs meanwhile."""
+    if not isinstance(ds, dict) or ds.get("status") in (None, "in-sync", "replaced"):
+        return ""  # "replaced" is the guard's: already said as "not converged"
+    since = ds.get("since")
+    when = ""
+    if isinstance(since, int | float):
+        import time
+
+        when = f" since {time.strftime('%H:%M:%S', time.localtime(since))}"
+    if ds.get("status") == "resync":
+        return f"\nDatastore: re-reading it after an outage{when}.\n"
+    return (
+        f"\nDatastore unavailable{when}: {ds.get('detail') or ds.get('status')}\n"
+        "The dataplane stays as it is; pod ADDs fail with 'try again later' until it answers.\n"
+    )
 
 
 def _agent_status(state_dir: Path) -> dict[str, object] | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -473,3 +476,51 @@ def test_an_endpoint_on_a_foreign_interface_is_ignored(
     assert list(status["ignored_endpoints"]) == ["default/node1-k8s-pod2-eth0"]  # type: ignore[call-overload]
     assert "tortie_workloads_ignored 1" in h.agent.board.metrics_text()
     assert h.agent.board.get().converged  # not a failure to retry: nothing to do
+
+
+def test_status_says_while_the_datastore_is_away_and_when_it_is_back(
+    h: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the fault suite (etcd stopped under a lab): a running agent whose datastore
+    went away kept ``in_sync: true`` and ``detail: ok`` in its status, and ``tortie node
+    status`` said nothing, while every pod ADD on the node failed. The syncer's status, and
+    since when, is in the status file; ``node status`` explains it. The dataplane stays."""
+    from tortie.ctl.main import main
+    from tortie.datastore.syncer import StatusChanged, SyncStatus
+
+    wall = [1000.0]
+    h.agent._wallclock = lambda: wall[0]
+    h.set_mode("Always")
+    h.add_node("node2", "192.168.49.3/24")
+    h.agent.on_sync_event(StatusChanged(SyncStatus.RESYNC, ""))
+    h.sync()
+    h.agent.on_sync_event(StatusChanged(SyncStatus.IN_SYNC, ""))
+    h.agent.run_once()
+    routes = h.routes()
+    assert h.agent.status()["datastore"] == {"status": "in-sync", "detail": "", "since": 1000.0}
+
+    wall[0] = 1010.0
+    down = "datastore etcd://127.0.0.1:2379 is unavailable: connection refused"
+    h.agent.on_sync_event(StatusChanged(SyncStatus.WAIT_FOR_DATASTORE, down))
+    h.agent.run_once()
+    status = h.agent.status()
+    assert status["datastore"] == {"status": "wait-for-datastore", "detail": down, "since": 1010.0}
+    assert h.routes() == routes  # fail static: the kernel as it was
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "status.json").write_text(json.dumps({**status, "pid": os.getpid()}))
+    assert main(["node", "status", "--name", "node1", "--state-dir", str(state_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"Datastore unavailable since {time.strftime('%H:%M:%S', time.localtime(1010))}" in out
+    assert down in out and "try again later" in out
+
+    wall[0] = 1011.0
+    h.agent.on_sync_event(StatusChanged(SyncStatus.RESYNC, ""))
+    h.sync()
+    h.agent.on_sync_event(StatusChanged(SyncStatus.IN_SYNC, ""))
+    h.agent.run_once()
+    status = h.agent.status()
+    assert status["datastore"] == {"status": "in-sync", "detail": "", "since": 1011.0}
+    (state_dir / "status.json").write_text(json.dumps({**status, "pid": os.getpid()}))
+    assert main(["node", "status", "--name", "node1", "--state-dir", str(state_dir)]) == 0
+    assert "Datastore" not in capsys.readouterr().out
