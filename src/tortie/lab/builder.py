@@ -54,7 +54,12 @@ from tortie.lab.manifests import RR_LABEL, lab_writes_nodes, node_manifests
 from tortie.lab.pods import create_pods
 from tortie.lab.procs import record_for
 from tortie.lab.registry import LabPaths, allocate_id, lab_lock
-from tortie.lab.runtime import DEFAULT_AGENT_TEMPLATE, prepare_node_dirs, start_node_agents
+from tortie.lab.runtime import (
+    DEFAULT_AGENT_TEMPLATE,
+    node_dirs,
+    prepare_node_dirs,
+    start_node_agents,
+)
 from tortie.lab.seed import default_datastore, seed_datastore
 from tortie.lab.state import Journal, LabState
 from tortie.lab.steps import Step, run_steps, shell_lines
@@ -99,6 +104,33 @@ def preflight(options: LabOptions, host: bool = True) -> None:
         require_cni(options.agents)
 
 
+def check_socket_paths(options: LabOptions, lab_dir: Path) -> None:
+    """Refuse a lab whose unix sockets would not fit in ``sun_path`` (107 bytes and a NUL,
+    unix(7)), before anything is made. The agents put theirs in the node directories (the CNI
+    socket, ExaBGP's helper socket or BIRD's control socket under ``bgp/``), the ToR its
+    control socket in the lab directory. Found by the fault suite: under a deep ``--root`` the
+    lab came up, pods and all, but no node ran a BGP speaker ("too long for a unix socket
+    path" only in the agents' status)."""
+    from tortie.bgp.bird import CONTROL_NAME
+    from tortie.bgp.exabgp import SOCKET_NAME
+
+    sockets: list[Path] = []
+    if options.agents:
+        # The longest node name (topology: node1..N); NodeRuntime.agent_socket; the agent's
+        # BGP directory (AgentConfig.bgp_dir).
+        state_dir = Path(node_dirs(lab_dir, f"node{options.nodes}").state_dir)
+        sockets += [state_dir / "cni.sock", state_dir / "bgp" / SOCKET_NAME]
+        sockets.append(state_dir / "bgp" / CONTROL_NAME)
+    if options.tor:
+        sockets.append(tor.tor_paths(lab_dir).control)
+    for path in sockets:
+        if len(os.fsencode(path)) > tor.MAX_SOCKET_PATH:
+            raise LabError(
+                f"{path}: too long for a unix socket ({tor.MAX_SOCKET_PATH} bytes at most); "
+                "use a shorter --root (or $TORTIE_LAB_ROOT) or --name"
+            )
+
+
 def _stall_hook(settings: UpSettings, progress: Progress) -> Callable[[int], None] | None:
     stall = settings.stall_after
     if stall is None:
@@ -123,8 +155,9 @@ def lab_up(
     """Build the lab ``options`` describe; return its final state."""
     settings = settings or UpSettings()
     preflight(options, host=kernel is None)
-    kernel = kernel or HostKernel(paths.netns_dir)
     lab_dir = paths.lab_dir(options.name)
+    check_socket_paths(options, lab_dir)
+    kernel = kernel or HostKernel(paths.netns_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(lab_dir, 0o700)

@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,13 +74,26 @@ def unique_name(stem: str) -> str:
 
 
 @contextlib.contextmanager
-def lab_cli(root: Path) -> Iterator[LabCli]:
+def lab_cli(root: Path | None = None) -> Iterator[LabCli]:
+    """A private lab root; every lab in it is brought down at the end. By default a short one,
+    ``/tmp/tl-XXXXXXXX/labs``, removed at the end if empty (a failed ``down`` keeps its
+    evidence). Not pytest's ``tmp_path``: the agents' sockets live in the lab's node
+    directories (``.../labs/<lab>/nodes/node4/bgp/exabgp.sock``), a unix socket path holds at
+    most 107 bytes, and ``lab up`` refuses a root too deep for them."""
+    made = None
+    if root is None:
+        made = Path(tempfile.mkdtemp(prefix="tl-", dir="/tmp"))
+        root = made / "labs"
     cli = LabCli(root)
     try:
         yield cli
     finally:
         for name in cli.paths.labs():
             cli.run("down", "--name", name, "-q", check=False)
+        if made is not None:
+            for path in (root, made):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
 
 
 def ping(lab: Lab, source: str, dest: str) -> bool:

@@ -45,8 +45,8 @@ def wait_until(what: str, ok: Callable[[], bool], timeout: float = 30.0) -> floa
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Iterator[LabCli]:
-    with lab_cli(tmp_path / "labs") as c:
+def cli() -> Iterator[LabCli]:
+    with lab_cli() as c:
         yield c
 
 

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with lab_cli(tmp_path / "labs") as c:
+def cli():  # type: ignore[no-untyped-def]
+    with lab_cli() as c:
         yield c
 
 

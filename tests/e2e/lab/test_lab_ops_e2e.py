@@ -37,8 +37,8 @@ BARE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # what sudo leaves: no virtualenv
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Iterator[LabCli]:
-    with lab_cli(tmp_path / "labs") as c:
+def cli() -> Iterator[LabCli]:
+    with lab_cli() as c:
         yield c
 
 

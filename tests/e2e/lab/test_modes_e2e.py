@@ -37,8 +37,8 @@ def wait_until(what: str, ok: Wait, timeout: float = 20.0) -> None:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Iterator[LabCli]:
-    with lab_cli(tmp_path / "labs") as c:
+def cli() -> Iterator[LabCli]:
+    with lab_cli() as c:
         yield c
 
 

@@ -27,8 +27,8 @@ REPAIR = 3.0  # generous on a shared machine; bench/repair.py measures the real 
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Iterator[LabCli]:
-    with lab_cli(tmp_path / "labs") as c:
+def cli() -> Iterator[LabCli]:
+    with lab_cli() as c:
         yield c
 
 

@@ -34,8 +34,8 @@ from tortie.lab.trace_wire import capture_points
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Iterator[LabCli]:
-    with lab_cli(tmp_path / "labs") as c:
+def cli() -> Iterator[LabCli]:
+    with lab_cli() as c:
         yield c
 
 

@@ -9,8 +9,8 @@ import pytest
 from lab_fake_kernel import FakeKernel
 
 from tortie.lab import reference
-from tortie.lab.builder import lab_up, plan
-from tortie.lab.errors import LabBuildError, LabExistsError, LabNotFoundError
+from tortie.lab.builder import UpSettings, lab_up, plan
+from tortie.lab.errors import LabBuildError, LabError, LabExistsError, LabNotFoundError
 from tortie.lab.registry import LabPaths
 from tortie.lab.state import load_state
 from tortie.lab.steps import shell_lines
@@ -122,3 +122,24 @@ def test_reference_pod_wiring_is_calicos() -> None:
         "ip -n p route add 169.254.1.1 dev eth0 scope link",
         "ip -n p route add default via 169.254.1.1 dev eth0",
     ]
+
+
+def test_a_root_too_deep_for_the_agents_sockets_is_refused_before_anything(tmp_path: Path) -> None:
+    """Found by the fault suite: under a deep lab root the node agents could not open their
+    BGP speaker's socket (a unix socket path holds 107 bytes), yet ``lab up`` succeeded and
+    the lab ran without BGP. Now refused at once, naming the path; nothing is made."""
+    deep = tmp_path / ("d" * max(1, 80 - len(str(tmp_path))))
+    (deep / "netns").mkdir(parents=True)
+    paths = LabPaths(root=deep / "labs", ids_dir=deep / "ids", netns_dir=deep / "netns")
+    kernel = FakeKernel(paths.lab_dir("unit"))
+    options = LabOptions(name="unit", nodes=2, pods_per_node=0, wire_pods="manual", agents=True)
+    # A harmless agent command: without the check, lab up would start it in /run/netns/tl1-n1,
+    # a real namespace path (another lab's, if one has id 1).
+    harmless = UpSettings(agent_template="true")
+    with pytest.raises(LabError, match=r"node2/\S+: too long for a unix socket") as err:
+        lab_up(options, paths, kernel=kernel, settings=harmless)
+    assert "shorter --root" in str(err.value)
+    assert not paths.lab_dir("unit").exists() and not kernel.calls
+    # Without agents nothing listens there: the same root is fine.
+    lab_up(LabOptions(name="unit", nodes=2, wire_pods="manual"), paths, kernel=kernel)
+    lab_down(paths, "unit", kernel=kernel)
