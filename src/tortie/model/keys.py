@@ -15,18 +15,22 @@ Invariants:
   ``(kind, namespace, name)``.
 
 Hazards:
+- This module does not import the models (only :mod:`tortie.model.kindinfo`'s names), so
+  reading commands can build keys without pydantic.
 - Renaming anything here orphans stored data: these strings are a storage format.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from tortie.model.errors import ModelError
 from tortie.model.fields import FieldError, check_name, check_namespace
-from tortie.model.kinds import KIND_CLASSES, resolve_kind
-from tortie.model.resources import Resource
+from tortie.model.kindinfo import KINDS, kind_info
+
+if TYPE_CHECKING:
+    from tortie.model.resources import Resource
 
 __all__ = [
     "IPAM_ROOT",
@@ -53,20 +57,20 @@ def kind_prefix(kind: str, namespace: str | None = None) -> str:
 
     For a namespaced kind without ``namespace`` this is the prefix of all namespaces.
     """
-    cls = resolve_kind(kind)
-    prefix = f"{RESOURCE_ROOT}{cls.PLURAL}/"
+    info = kind_info(kind)
+    prefix = f"{RESOURCE_ROOT}{info.plural}/"
     if namespace is None:
         return prefix
-    if not cls.NAMESPACED:
-        raise ModelError(f"{cls.KIND} is not namespaced; do not give a namespace")
+    if not info.namespaced:
+        raise ModelError(f"{info.kind} is not namespaced; do not give a namespace")
     return f"{prefix}{_checked(check_namespace, namespace)}/"
 
 
 def resource_key(kind: str, name: str, namespace: str | None = None) -> str:
     """The key of one resource."""
-    cls = resolve_kind(kind)
-    if cls.NAMESPACED and namespace is None:
-        raise ModelError(f"{cls.KIND} is namespaced; give a namespace")
+    info = kind_info(kind)
+    if info.namespaced and namespace is None:
+        raise ModelError(f"{info.kind} is namespaced; give a namespace")
     return kind_prefix(kind, namespace) + _checked(check_name, name)
 
 
@@ -80,13 +84,13 @@ def parse_key(key: str) -> ResourceKey:
     if not key.startswith(RESOURCE_ROOT):
         raise ModelError(f"{key!r} is not a resource key (expected {RESOURCE_ROOT}...)")
     parts = key[len(RESOURCE_ROOT) :].split("/")
-    for cls in KIND_CLASSES.values():
-        if parts[0] != cls.PLURAL:
+    for info in KINDS.values():
+        if parts[0] != info.plural:
             continue
-        if cls.NAMESPACED and len(parts) == 3 and parts[1] and parts[2]:
-            return ResourceKey(cls.KIND, parts[1], parts[2])
-        if not cls.NAMESPACED and len(parts) == 2 and parts[1]:
-            return ResourceKey(cls.KIND, None, parts[1])
+        if info.namespaced and len(parts) == 3 and parts[1] and parts[2]:
+            return ResourceKey(info.kind, parts[1], parts[2])
+        if not info.namespaced and len(parts) == 2 and parts[1]:
+            return ResourceKey(info.kind, None, parts[1])
     raise ModelError(f"{key!r} is not a resource key")
 
 

@@ -4,6 +4,9 @@ Problem: ``tortie get ippools``, ``tortie delete ipp pool-a`` and ``kind: IPPool
 manifest all name the same kind. calicoctl accepts a fixed set of case-insensitive aliases per
 kind; we accept the same ones so muscle memory carries over.
 
+The names themselves (aliases, plurals, scope) are in :mod:`tortie.model.kindinfo`, which
+does not import the models; this module adds the classes.
+
 Invariants:
 - ``KIND_CLASSES`` maps Calico's exact kind spelling (``IPPool``) to its class; it is
   read-only.
@@ -16,11 +19,10 @@ Hazards:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from tortie.model.errors import ModelError
+from tortie.model.kindinfo import KINDS, kind_info, kind_names, suggest_kind
 from tortie.model.resources import (
     BGPConfiguration,
     BGPPeer,
@@ -49,52 +51,13 @@ KIND_CLASSES: Mapping[str, type[Resource]] = MappingProxyType(
 
 # calicoctl's names for each kind (resourcemgr registrations), lowercase.
 KIND_ALIASES: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "IPPool": ("ippool", "ippools", "ipp", "ipps", "pool", "pools"),
-        "IPAMConfiguration": (
-            "ipamconfiguration",
-            "ipamconfigurations",
-            "ipamconfig",
-            "ipamconfigs",
-        ),
-        "Node": ("node", "nodes", "no", "nos"),
-        "BGPConfiguration": (
-            "bgpconfiguration",
-            "bgpconfigurations",
-            "bgpconfig",
-            "bgpconfigs",
-        ),
-        "BGPPeer": ("bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"),
-        "WorkloadEndpoint": ("workloadendpoint", "workloadendpoints", "wep", "weps"),
-    }
+    {kind: info.aliases for kind, info in KINDS.items()}
 )
-
-
-def kind_names() -> list[str]:
-    """The exact kind names, sorted (for messages)."""
-    return sorted(KIND_CLASSES)
 
 
 def resolve_kind(user_text: str) -> type[Resource]:
     """The class for a kind as a user typed it (``IPPool``, ``ippools``, ``ipp``, ``wep``...)."""
-    wanted = user_text.strip().lower()
-    for kind, aliases in KIND_ALIASES.items():
-        if wanted == kind.lower() or wanted in aliases:
-            return KIND_CLASSES[kind]
-    close = suggest_kind(user_text)
-    hint = f"; did you mean {close}?" if close else ""
-    raise ModelError(
-        f"unknown resource kind {user_text!r}; known kinds: {', '.join(kind_names())}{hint}"
-    )
-
-
-def suggest_kind(user_text: str) -> str | None:
-    """The kind a user probably meant (exact spelling), or ``None``."""
-    wanted = user_text.strip().lower()
-    names = {kind.lower(): kind for kind in KIND_CLASSES}
-    names.update({a: kind for kind, aliases in KIND_ALIASES.items() for a in aliases})
-    close = difflib.get_close_matches(wanted, list(names), n=1, cutoff=0.7)
-    return names[close[0]] if close else None
+    return KIND_CLASSES[kind_info(user_text).kind]
 
 
 def is_namespaced(kind: type[Resource] | str) -> bool:

@@ -16,6 +16,7 @@ from tortie.model.keys import (
     parse_key,
     resource_key,
 )
+from tortie.model.kindinfo import KINDS, kind_info
 from tortie.model.kinds import KIND_ALIASES, KIND_CLASSES, is_namespaced, resolve_kind
 from tortie.model.resources import (
     BGPConfiguration,
@@ -84,6 +85,16 @@ def test_unknown_kind_lists_known_kinds() -> None:
     with pytest.raises(ModelError, match="known kinds") as info:
         resolve_kind("zebra")
     assert "did you mean" not in str(info.value)
+
+
+def test_the_names_say_what_the_classes_say() -> None:
+    assert list(KINDS) == list(KIND_CLASSES)
+    for kind, info in KINDS.items():
+        cls = KIND_CLASSES[kind]
+        assert (info.kind, info.plural, info.namespaced) == (cls.KIND, cls.PLURAL, cls.NAMESPACED)
+        assert KIND_ALIASES[kind] == info.aliases
+        for alias in info.aliases:
+            assert kind_info(alias) is info and resolve_kind(alias) is cls
 
 
 def test_aliases_do_not_collide() -> None:
