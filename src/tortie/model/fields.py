@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 API_VERSION = "projectcalico.org/v3"
+# What 'tortie get' prints instead of a secret (and what apply reads as "keep the stored one").
+REDACTED = "<redacted>"
 
 AS_NUMBER_MIN = 1
 AS_NUMBER_MAX = 4_294_967_295  # 32-bit AS numbers (RFC 6793)

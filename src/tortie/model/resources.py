@@ -46,27 +46,23 @@ from typing import Any, ClassVar, Literal, Self
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tortie.model.errors import ModelError, SelectorError, ValidationError
+from tortie.model import rules
+from tortie.model.errors import ModelError, ValidationError
 from tortie.model.fields import (
     API_VERSION,
-    FieldError,
+    REDACTED,
     IPAddress,
     IPNetwork,
     check_ifname,
-    check_label_key,
     check_labels,
     check_name,
     check_namespace,
-    is_decimal,
     parse_as_number,
-    parse_cidr,
-    parse_cidr_or_ip,
     parse_go_duration,
-    parse_interface,
-    parse_ip,
     parse_mac,
     show,
 )
+from tortie.model.rules import MAX_ANNOTATIONS_BYTES, workload_endpoint_name
 from tortie.model.selector import Selector
 from tortie.model.translate import translate
 
@@ -105,15 +101,7 @@ EncapMode = Literal["Never", "CrossSubnet", "Always"]
 AllowedUse = Literal["Workload", "Tunnel"]
 LogSeverity = Literal["Debug", "Info", "Warning", "Error", "Fatal"]
 
-_LINK_LOCAL_V4 = "169.254.0.0/16"
-_LINK_LOCAL_V6 = "fe80::/10"
 _INT32_MAX = 2**31 - 1
-
-# Kubernetes' TotalAnnotationSizeLimitB (apimachinery's ValidateAnnotationsSize): the sum of
-# the UTF-8 lengths of every annotation key and value (docs/limits.md).
-MAX_ANNOTATIONS_BYTES = 256 * 1024
-# What 'tortie get' prints instead of a secret (and what apply reads as "keep the stored one").
-REDACTED = "<redacted>"
 
 
 class _Model(BaseModel):
@@ -125,26 +113,6 @@ class _Model(BaseModel):
 
     # Calico field names that tortie deliberately does not implement (better message).
     CALICO_UNSUPPORTED: ClassVar[frozenset[str]] = frozenset()
-
-
-def _selector_text(text: str) -> str:
-    try:
-        Selector.parse(text)
-    except SelectorError as exc:
-        raise FieldError(
-            f"invalid selector {text!r} at column {exc.column}: {exc.reason}"
-        ) from None
-    return text
-
-
-def _whole_seconds(text: str, lo: int, hi: int, what: str) -> timedelta:
-    delta = parse_go_duration(text)
-    seconds = delta.total_seconds()
-    if seconds != int(seconds):
-        raise FieldError(f"{show(text)} is not a whole number of seconds ({what} is in seconds)")
-    if not lo <= seconds <= hi:
-        raise FieldError(f"{show(text)} is out of range: {what} is {lo}s..{hi}s")
-    return delta
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,16 +148,7 @@ class ObjectMeta(_Model):
     @field_validator("annotations")
     @classmethod
     def _annotations(cls, v: dict[str, str]) -> dict[str, str]:
-        total = 0
-        for key, value in v.items():
-            check_label_key(key)
-            total += len(key.encode()) + len(value.encode())
-        if total > MAX_ANNOTATIONS_BYTES:
-            raise FieldError(
-                f"the annotations take {total} bytes; the limit is {MAX_ANNOTATIONS_BYTES} "
-                "(256 KiB, keys and values together, as in Kubernetes): keep large data elsewhere"
-            )
-        return v
+        return rules.check_annotations(v)
 
     @field_validator("resource_version", mode="before")
     @classmethod
@@ -220,10 +179,7 @@ class Resource(_Model):
 
     @model_validator(mode="after")
     def _scope(self) -> Self:
-        if not self.NAMESPACED and self.metadata.namespace is not None:
-            raise FieldError(
-                f"{self.KIND} is not namespaced; remove metadata.namespace", "metadata.namespace"
-            )
+        rules.check_scope(self.KIND, self.NAMESPACED, self.metadata.namespace)
         return self
 
     # -- convenience ---------------------------------------------------------------------
@@ -341,7 +297,7 @@ def _dump_value(value: object) -> Any:
 
 
 def _default_uses() -> list[AllowedUse]:
-    return ["Workload", "Tunnel"]
+    return rules.default_uses()  # type: ignore[return-value]  # rules.ALLOWED_USES
 
 
 class IPPoolSpec(_Model):
@@ -373,53 +329,21 @@ class IPPoolSpec(_Model):
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, v: str) -> str:
-        net = parse_cidr(v)
-        link_local = ipaddress.ip_network(_LINK_LOCAL_V4 if net.version == 4 else _LINK_LOCAL_V6)
-        if net.overlaps(link_local):
-            raise FieldError(
-                f"{net} overlaps the link-local range {link_local}, which Calico reserves; "
-                "choose another range"
-            )
-        return str(net)
+        return rules.pool_cidr(v)
 
     @field_validator("node_selector")
     @classmethod
     def _node_selector(cls, v: str) -> str:
-        return _selector_text(v) if v.strip() else "all()"
+        return rules.pool_node_selector(v)
 
     @field_validator("allowed_uses")
     @classmethod
     def _allowed_uses(cls, v: list[AllowedUse]) -> list[AllowedUse]:
-        if not v:
-            return _default_uses()  # Calico: empty means the default
-        if len(set(v)) != len(v):
-            raise FieldError(f"{', '.join(v)} lists a use twice")
-        return v
+        return rules.allowed_uses(v)  # type: ignore[arg-type,return-value]
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        net = self.network
-        lo, hi = (20, 32) if net.version == 4 else (116, 128)
-        if not lo <= self.block_size <= hi:
-            raise FieldError(
-                f"{self.block_size} is out of range: IPv{net.version} block sizes are {lo}..{hi}",
-                "blockSize",
-            )
-        if self.block_size < net.prefixlen:
-            raise FieldError(
-                f"/{self.block_size} blocks do not fit in the pool {net}: use a blockSize of at "
-                f"least {net.prefixlen}, or a larger pool",
-                "blockSize",
-            )
-        if self.ipip_mode != "Never" and self.vxlan_mode != "Never":
-            raise FieldError(
-                "ipipMode and vxlanMode cannot both be enabled; set one of them to Never",
-                "vxlanMode",
-            )
-        if self.ipip_mode != "Never" and net.version == 6:
-            raise FieldError(
-                "IPIP is IPv4-only; use vxlanMode for an IPv6 pool, or Never", "ipipMode"
-            )
+        rules.check_pool(self.cidr, self.block_size, self.ipip_mode, self.vxlan_mode)
         return self
 
     @property
@@ -483,12 +407,7 @@ class IPAMConfiguration(Resource):
 
     @model_validator(mode="after")
     def _singleton(self) -> Self:
-        if self.metadata.name != "default":
-            raise FieldError(
-                f"{self.metadata.name!r}: IPAMConfiguration is a singleton and must be named "
-                "'default'",
-                "metadata.name",
-            )
+        rules.check_ipam_config_name(self.metadata.name)
         return self
 
 
@@ -508,12 +427,12 @@ class NodeBGPSpec(_Model):
     @field_validator("ipv4_address")
     @classmethod
     def _ipv4_address(cls, v: str | None) -> str | None:
-        return None if v is None else str(parse_interface(v, 4))
+        return None if v is None else rules.interface_text(v, 4)
 
     @field_validator("ipv6_address")
     @classmethod
     def _ipv6_address(cls, v: str | None) -> str | None:
-        return None if v is None else str(parse_interface(v, 6))
+        return None if v is None else rules.interface_text(v, 6)
 
     @field_validator("as_number", mode="before")
     @classmethod
@@ -523,7 +442,7 @@ class NodeBGPSpec(_Model):
     @field_validator("ipv4_ipip_tunnel_addr", "route_reflector_cluster_id")
     @classmethod
     def _ipv4(cls, v: str | None) -> str | None:
-        return None if v is None else str(parse_ip(v, 4))
+        return None if v is None else rules.ip_text(v, 4)
 
     @property
     def ipv4_interface(self) -> ipaddress.IPv4Interface | None:
@@ -548,7 +467,7 @@ class NodeAddress(_Model):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        return str(parse_interface(v)) if "/" in v else str(parse_ip(v))
+        return rules.node_address(v)
 
 
 class NodeSpec(_Model):
@@ -563,7 +482,7 @@ class NodeSpec(_Model):
     @field_validator("ipv4_vxlan_tunnel_addr")
     @classmethod
     def _vxlan_addr(cls, v: str | None) -> str | None:
-        return None if v is None else str(parse_ip(v, 4))
+        return None if v is None else rules.ip_text(v, 4)
 
     @field_validator("vxlan_tunnel_mac_addr")
     @classmethod
@@ -581,7 +500,7 @@ class NodeStatus(_Model):
     @field_validator("pod_cidrs")
     @classmethod
     def _pod_cidrs(cls, v: list[str]) -> list[str]:
-        return [str(parse_cidr(c)) for c in v]
+        return rules.pod_cidrs(v)
 
 
 def _default_node_spec() -> NodeSpec:
@@ -675,10 +594,7 @@ class BGPPassword(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.secret_key_ref is None) == (self.value is None):
-            raise FieldError("give exactly one of secretKeyRef or value")
-        if self.value is not None and not self.value:
-            raise FieldError("the password is empty", "value")
+        rules.check_password(self.secret_key_ref is not None, self.value)
         return self
 
 
@@ -715,18 +631,12 @@ class BGPPeerSpec(_Model):
     @field_validator("node_selector", "peer_selector")
     @classmethod
     def _selectors(cls, v: str | None) -> str | None:
-        # Calico treats an empty selector field as unset.
-        return _selector_text(v) if v is not None and v.strip() else None
+        return rules.optional_selector(v)
 
     @field_validator("peer_ip")
     @classmethod
     def _peer_ip(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        addr, port = _split_peer_ip(v)
-        if port is None:
-            return str(addr)
-        return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+        return None if v is None else rules.peer_ip(v)
 
     @field_validator("as_number", mode="before")
     @classmethod
@@ -737,53 +647,36 @@ class BGPPeerSpec(_Model):
     @classmethod
     def _keepalive(cls, v: str | None) -> str | None:
         if v is not None:
-            _whole_seconds(v, 1, 65535, "keepaliveTime")
+            rules.check_keepalive(v)
         return v
 
     @field_validator("hold_time")
     @classmethod
     def _hold(cls, v: str | None) -> str | None:
         if v is not None:
-            hold = _whole_seconds(v, 0, 65535, "holdTime")
-            if timedelta(0) < hold < timedelta(seconds=3):
-                raise FieldError(
-                    f"{show(v)} is too short: holdTime is 0 (no keepalives) or at least 3s"
-                )
+            rules.check_hold(v)
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.peer_ip is not None and self.peer_selector is not None:
-            raise FieldError(
-                "cannot be used together with peerIP: a peer is an address or a selector",
-                "peerSelector",
-            )
-        if self.peer_ip is None and self.peer_selector is None:
-            raise FieldError("one of peerIP or peerSelector is required")
-        if self.peer_ip is not None and self.as_number is None:
-            raise FieldError("required with peerIP: the peer's AS number", "asNumber")
-        if self.peer_selector is not None and self.as_number is not None:
-            raise FieldError(
-                "must not be set with peerSelector: the selected nodes' own AS numbers are used",
-                "asNumber",
-            )
-        if self.node is not None and self.node_selector is not None:
-            raise FieldError("cannot be used together with node; use one of them", "nodeSelector")
-        keepalive, hold = self.keepalive, self.hold
-        if keepalive is not None and hold is not None and hold and keepalive >= hold:
-            raise FieldError(
-                f"{self.keepalive_time} must be shorter than holdTime ({self.hold_time})",
-                "keepaliveTime",
-            )
+        rules.check_peer(
+            peer_ip=self.peer_ip,
+            peer_selector=self.peer_selector,
+            as_number=self.as_number,
+            node=self.node,
+            node_selector=self.node_selector,
+            keepalive_time=self.keepalive_time,
+            hold_time=self.hold_time,
+        )
         return self
 
     @property
     def peer_address(self) -> IPAddress | None:
-        return None if self.peer_ip is None else _split_peer_ip(self.peer_ip)[0]
+        return None if self.peer_ip is None else rules.split_peer_ip(self.peer_ip)[0]
 
     @property
     def peer_port(self) -> int | None:
-        return None if self.peer_ip is None else _split_peer_ip(self.peer_ip)[1]
+        return None if self.peer_ip is None else rules.split_peer_ip(self.peer_ip)[1]
 
     @property
     def keepalive(self) -> timedelta | None:
@@ -800,24 +693,6 @@ class BGPPeerSpec(_Model):
     @property
     def parsed_peer_selector(self) -> Selector | None:
         return None if self.peer_selector is None else Selector.parse(self.peer_selector)
-
-
-def _split_peer_ip(text: str) -> tuple[IPAddress, int | None]:
-    """``10.0.0.1``, ``10.0.0.1:179``, ``fd00::1``, ``[fd00::1]:179`` -> (address, port)."""
-    host, port_text = text, None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise FieldError(f"{show(text)} is not valid: write [IPv6]:port")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    addr = parse_ip(host)
-    if port_text is None:
-        return addr, None
-    if not is_decimal(port_text) or not 1 <= int(port_text) <= 65535:
-        raise FieldError(f"{show(text)}: port must be 1..65535")
-    return addr, int(port_text)
 
 
 class BGPPeer(Resource):
@@ -848,30 +723,6 @@ def redact_secrets(res: Resource) -> Resource:
 
 # --------------------------------------------------------------------------------------------
 # WorkloadEndpoint
-
-
-def _escape_segment(value: str, what: str) -> str:
-    if not value:
-        raise FieldError(f"{what} is empty")
-    if value.startswith("-") or value.endswith("-"):
-        raise FieldError(f"{show(value)}: {what} must not begin or end with '-'")
-    return value.replace("-", "--")
-
-
-def workload_endpoint_name(node: str, orchestrator: str, pod: str, endpoint: str) -> str:
-    """Calico's WorkloadEndpoint name: ``<node>-<orchestrator>-<pod>-<endpoint>``.
-
-    Each part has its '-' doubled, e.g. ``node-1``, ``k8s``, ``web-0``, ``eth0`` gives
-    ``node--1-k8s-web--0-eth0``. ``pod`` is the third identifier: the pod name for ``k8s``,
-    the container ID for ``cni``, the workload otherwise (for ``libnetwork`` Calico repeats
-    the orchestrator here). Raises :class:`ModelError` for an empty part or one that begins
-    or ends with '-'.
-    """
-    parts = ((node, "node"), (orchestrator, "orchestrator"), (pod, "pod"), (endpoint, "endpoint"))
-    try:
-        return "-".join(_escape_segment(value, what) for value, what in parts)
-    except FieldError as exc:
-        raise ModelError(f"cannot build a workload endpoint name: {exc.message}") from None
 
 
 def parse_workload_endpoint_name(name: str) -> tuple[str, str, str, str]:
@@ -939,24 +790,14 @@ class WorkloadEndpointSpec(_Model):
     @field_validator("ip_networks")
     @classmethod
     def _ip_networks(cls, v: list[str]) -> list[str]:
-        out: list[str] = []
-        for i, text in enumerate(v):
-            try:
-                out.append(str(parse_cidr_or_ip(text)))
-            except FieldError as exc:
-                raise FieldError(exc.message, f"[{i}]") from None
-        return out
+        return rules.ip_networks(v)
 
     @property
     def identifier(self) -> tuple[str, str | None]:
         """The name segment after the orchestrator: (its field name, its value)."""
-        if self.orchestrator == "k8s":
-            return "pod", self.pod
-        if self.orchestrator == "cni":
-            return "containerID", self.container_id
-        if self.orchestrator == "libnetwork":
-            return "orchestrator", self.orchestrator
-        return "workload", self.workload
+        return rules.endpoint_identifier(
+            self.orchestrator, pod=self.pod, container_id=self.container_id, workload=self.workload
+        )
 
     @property
     def networks(self) -> list[IPNetwork]:
@@ -987,23 +828,11 @@ class WorkloadEndpoint(Resource):
 
     @model_validator(mode="after")
     def _name_matches_spec(self) -> Self:
-        field, ident = self.spec.identifier
-        if ident is None:
-            raise FieldError(
-                f"required for orchestrator {self.spec.orchestrator!r} (it is part of the "
-                "endpoint's name)",
-                f"spec.{field}",
-            )
-        try:
-            expected = workload_endpoint_name(
-                self.spec.node, self.spec.orchestrator, ident, self.spec.endpoint
-            )
-        except ModelError as exc:
-            raise FieldError(str(exc), "spec") from None
-        if self.metadata.name != expected:
-            raise FieldError(
-                f"{self.metadata.name!r} does not match the spec: Calico names this endpoint "
-                f"{expected!r}",
-                "metadata.name",
-            )
+        rules.check_endpoint_name(
+            self.metadata.name,
+            node=self.spec.node,
+            orchestrator=self.spec.orchestrator,
+            endpoint=self.spec.endpoint,
+            identifier=self.spec.identifier,
+        )
         return self
