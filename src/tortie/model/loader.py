@@ -49,8 +49,9 @@ from yaml.constructor import ConstructorError
 
 from tortie.model.errors import ValidationError
 from tortie.model.fields import API_VERSION, show
-from tortie.model.kinds import KIND_CLASSES, kind_names, resolve_kind, suggest_kind
+from tortie.model.kinds import KIND_CLASSES, kind_names, suggest_kind
 from tortie.model.nesting import MAX_DEPTH, json_too_deep
+from tortie.model.output import format_documents
 from tortie.model.resources import Resource
 
 __all__ = ["MAX_DEPTH", "MAX_INPUT_BYTES", "dump_documents", "load_documents", "parse_document"]
@@ -467,32 +468,7 @@ def dump_documents(
     single: bool | None = None,
     kind: str | None = None,
 ) -> str:
-    """Serialise ``resources`` as calicoctl would print them.
-
-    ``single``: ``None`` means a bare document for exactly one resource and a list document
-    otherwise; ``False`` always writes a list (as ``calicoctl get <kind>`` does even for one
-    result); ``True`` writes a bare document and requires exactly one resource. ``kind`` is
-    the kind being listed (any spelling :func:`resolve_kind` accepts): it names the list
-    (``IPPoolList``) even when it is empty.
-    """
+    """Serialise ``resources`` as calicoctl would print them (see
+    :func:`tortie.model.output.format_documents` for ``single`` and ``kind``)."""
     docs = [r.to_document() for r in resources]
-    if single is None:
-        single = len(docs) == 1
-    payload: dict[str, Any]
-    if not single:
-        kinds = {r.KIND for r in resources}
-        if kind is not None:
-            kinds.add(resolve_kind(kind).KIND)
-        list_kind = f"{next(iter(kinds))}List" if len(kinds) == 1 else "List"
-        payload = {"apiVersion": API_VERSION, "kind": list_kind, "items": docs}
-    elif len(docs) == 1:
-        payload = docs[0]
-    else:
-        raise ValueError(f"single=True needs exactly one resource, got {len(docs)}")
-    if fmt == "json":
-        return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    if fmt == "yaml":
-        return yaml.safe_dump(
-            payload, sort_keys=False, default_flow_style=False, allow_unicode=True
-        )
-    raise ValueError(f"unknown format {fmt!r}; use 'yaml' or 'json'")
+    return format_documents(docs, fmt, single=single, kind=kind)
