@@ -23,7 +23,8 @@ Invariants:
 
 Hazards:
 - Values in the store may be corrupt or written by a newer tortie; such an entry is reported
-  with its key (:class:`CorruptResourceError`), never silently dropped or crashed on.
+  with its key (:class:`CorruptResourceError`), never silently dropped or crashed on. The
+  reading commands use :mod:`tortie.datastore.documents`, which reports them the same way.
 - The pool guard holds only among writers that use this class: a pool written with the
   datastore's own tools (etcdctl, sqlite3) bumps nothing. ``tortie ipam check`` reports
   overlapping pools whatever wrote them.
@@ -45,10 +46,10 @@ from tortie.datastore.api import (
     DatastoreError,
     Delete,
     KeyValue,
-    NotFoundError,
     Op,
     Put,
 )
+from tortie.datastore.documents import CorruptResourceError, ResourceNotFoundError
 from tortie.model.errors import ModelError, ValidationError
 from tortie.model.keys import key_for, kind_prefix, resource_key
 from tortie.model.resources import REDACTED, BGPPeer, IPPool, Resource, is_redacted
@@ -67,20 +68,15 @@ POOL_GUARD_KEY = "/tortie/meta/guards/ippools"
 _POOL_GUARD_VALUE = '{"guards":"IPPool","note":"bumped by every IPPool write"}'
 
 
-class CorruptResourceError(DatastoreError):
-    def __init__(self, key: str, detail: str) -> None:
-        super().__init__(
-            f"{key}: stored resource is unreadable ({detail}); "
-            "fix or delete it with 'tortie delete' or the datastore's own tools"
-        )
-        self.key = key
-
-
-class ResourceNotFoundError(NotFoundError):
-    def __init__(self, kind: str, name: str, namespace: str | None) -> None:
-        where = f" in namespace {namespace}" if namespace else ""
-        DatastoreError.__init__(self, f"{kind} {name!r}{where} does not exist")
-        self.key = name
+__all__ = [
+    "POOL_GUARD_KEY",
+    "CorruptResourceError",
+    "ResourceConflictError",
+    "ResourceExistsError",
+    "ResourceNotFoundError",
+    "ResourceStore",
+    "decode_resource",
+]
 
 
 class ResourceExistsError(DatastoreError):
@@ -114,12 +110,7 @@ class ResourceStore:
 
     # -- decoding -------------------------------------------------------------------------
     def decode(self, cls: type[R], kv: KeyValue) -> R:
-        try:
-            doc = json.loads(kv.value)
-            res = cls.from_document(doc)
-        except (ValueError, ModelError) as err:
-            raise CorruptResourceError(kv.key, str(err).splitlines()[0]) from err
-        return res.with_metadata(resource_version=str(kv.mod_revision))
+        return decode_resource(cls, kv)
 
     @staticmethod
     def encode(res: Resource) -> str:
@@ -306,6 +297,17 @@ class ResourceStore:
         raise ResourceConflictError(
             "the datastore kept changing while deleting; nothing was deleted, try again"
         )
+
+
+def decode_resource(model: type[R], kv: KeyValue) -> R:
+    """The resource ``kv`` holds, with its mod revision as resourceVersion; a value that is not
+    a valid ``model`` is a :class:`CorruptResourceError` naming its key."""
+    try:
+        doc = json.loads(kv.value)
+        res = model.from_document(doc)
+    except (ValueError, ModelError) as err:
+        raise CorruptResourceError(kv.key, str(err).splitlines()[0]) from err
+    return res.with_metadata(resource_version=str(kv.mod_revision))
 
 
 def _text(value: object) -> str | None:
