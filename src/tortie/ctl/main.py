@@ -32,7 +32,7 @@ COMMANDS: dict[str, str] = {
     "create": "resources",
     "replace": "resources",
     "delete": "resources",
-    "get": "resources",
+    "get": "get",
     "datastore": "datastore",
     "ipam": "ipam",
     "node": "node",
@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
 }
 MODULES = (
     "resources",
+    "get",
     "datastore",
     "ipam",
     "node",

@@ -1,12 +1,12 @@
-"""``tortie apply|create|replace|delete|get``: calicoctl's resource commands.
+"""``tortie apply|create|replace|delete``: calicoctl's resource commands that write
+(``get`` is :mod:`tortie.ctl.get`).
 
 Invariants:
 - Input is fully parsed and validated before anything is written, and the write is one
   all-or-nothing datastore transaction (see :mod:`tortie.datastore.resources`), so a bad
   document anywhere in the input changes nothing.
-- ``get`` never prints a secret unless asked (``--show-secrets``): a BGPPeer password is
-  printed as :data:`~tortie.model.resources.REDACTED` (calicoctl never prints one either: its
-  passwords are only secretKeyRefs). ``get -o yaml | apply -f -`` keeps the stored password.
+- A BGPPeer password given as :data:`~tortie.model.fields.REDACTED` (what ``get`` prints)
+  keeps the stored password (:mod:`tortie.datastore.resources`).
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from tortie.ctl.common import open_store
-from tortie.ctl.tables import table
+from tortie.ctl.common import InputError, namespace_for, open_store
 from tortie.datastore.resources import ResourceStore
-from tortie.errors import TortieError
 from tortie.model.errors import ValidationError
-from tortie.model.kinds import is_namespaced, resolve_kind
-from tortie.model.resources import REDACTED, Resource, redact_secrets
+from tortie.model.kindinfo import kind_info
+from tortie.model.kinds import resolve_kind
+from tortie.model.resources import Resource
+
+__all__ = ["InputError", "read_resources", "register"]
 
 _YAML_SUFFIXES = (".yaml", ".yml", ".json")
-
-
-class InputError(TortieError):
-    pass
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,26 +55,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--skip-not-exists", action="store_true", help="do not fail on resources that are absent"
     )
     d.set_defaults(func=_delete)
-
-    g = sub.add_parser("get", help="show resources")
-    g.add_argument("kind", help="resource kind, e.g. ippools, nodes, bgppeers")
-    g.add_argument("names", nargs="*", metavar="NAME")
-    g.add_argument(
-        "-o",
-        "--output",
-        default="table",
-        choices=("table", "wide", "yaml", "json"),
-        help="output format (default: table)",
-    )
-    g.add_argument("-n", "--namespace", help="namespace of namespaced kinds (default: default)")
-    g.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
-    g.add_argument(
-        "--show-secrets",
-        action="store_true",
-        help=f"print BGP passwords (default: {REDACTED}, which apply reads as 'keep the stored "
-        "password')",
-    )
-    g.set_defaults(func=_get)
 
 
 # -- input ------------------------------------------------------------------------------------
@@ -203,14 +180,6 @@ def _replace(args: argparse.Namespace) -> int:
     return _write(args, "replaced")
 
 
-def _namespace_for(cls: type[Resource], namespace: str | None) -> str | None:
-    if not is_namespaced(cls):
-        if namespace:
-            raise InputError(f"{cls.KIND} is not namespaced; drop -n/--namespace")
-        return None
-    return namespace or "default"
-
-
 def _delete(args: argparse.Namespace) -> int:
     if args.filename:
         if args.kind:
@@ -226,7 +195,7 @@ def _delete(args: argparse.Namespace) -> int:
             "say what to delete: 'tortie delete KIND NAME...' or 'tortie delete -f FILE'"
         )
     cls = resolve_kind(args.kind)
-    ns = _namespace_for(cls, args.namespace)
+    ns = namespace_for(kind_info(cls.KIND), args.namespace)
     rs = ResourceStore(open_store(args))
     if args.skip_not_exists:
         targets = [r for name in args.names if (r := rs.get(cls, name, ns)) is not None]
@@ -234,37 +203,4 @@ def _delete(args: argparse.Namespace) -> int:
         targets = [rs.require(cls, name, ns) for name in args.names]
     deleted = rs.delete_many(targets, skip_missing=args.skip_not_exists)
     print(f"Successfully deleted {len(deleted)} resource(s)")
-    return 0
-
-
-def _get(args: argparse.Namespace) -> int:
-    cls = resolve_kind(args.kind)
-    namespaced = is_namespaced(cls)
-    if args.all_namespaces and not namespaced:
-        raise InputError(f"{cls.KIND} is not namespaced; drop -A/--all-namespaces")
-    ns = None if args.all_namespaces else _namespace_for(cls, args.namespace)
-    rs = ResourceStore(open_store(args))
-    if args.names:
-        found: list[Resource] = [rs.require(cls, name, ns) for name in args.names]
-    else:
-        found = list(rs.list(cls, ns))
-    if not args.show_secrets:
-        shown = [redact_secrets(r) for r in found]
-        hidden = sum(a is not b for a, b in zip(found, shown, strict=True))
-        if hidden and args.output in ("yaml", "json"):
-            # On stderr: stdout stays a manifest that apply reads back.
-            print(
-                f"note: {hidden} password(s) shown as {REDACTED} (--show-secrets prints them; "
-                "applying this output keeps the stored ones)",
-                file=sys.stderr,
-            )
-        found = shown
-    if args.output in ("table", "wide"):
-        sys.stdout.write(table(found, cls, args.output == "wide", namespaced))
-        return 0
-    from tortie.model.loader import dump_documents  # YAML: only for -o yaml/json
-
-    single = bool(args.names) and len(found) == 1
-    text = dump_documents(found, args.output, single=single, kind=cls.KIND)
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0

@@ -290,6 +290,57 @@ def test_missing_file_and_unknown_kind(ds: str, capsys: pytest.CaptureFixture[st
     assert "frobnicators" in err and "ippool" in err.lower()
 
 
+def _put_raw(ds: str, key: str, value: str) -> None:
+    """Write ``value`` under ``key`` as another tool would (no validation)."""
+    from tortie.datastore.api import Put
+    from tortie.datastore.factory import open_datastore
+
+    store = open_datastore(ds)
+    try:
+        assert store.txn([], [Put(key, value)]).succeeded
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "{not json",
+        '{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"bad"},'
+        '"spec":{"cidr":"10.9.0.0/16","blockSize":99}}',
+    ],
+)
+@pytest.mark.parametrize("how", [(), ("-o", "yaml"), ("-o", "json"), ("-o", "wide"), ("bad",)])
+def test_get_reports_a_corrupt_stored_resource_with_its_key(
+    ds: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+    how: tuple[str, ...],
+) -> None:
+    run(ds, "apply", "-f", write(tmp_path, "pools.yaml", POOLS))
+    _put_raw(ds, "/tortie/v3/ippools/bad", value)
+    capsys.readouterr()
+    assert run(ds, "get", "ippools", *how) == 1
+    out = capsys.readouterr()
+    assert out.err.startswith("error: /tortie/v3/ippools/bad: stored resource is unreadable (")
+    assert "Traceback" not in out.err and out.out == ""
+
+
+def test_get_shows_a_valid_entry_another_tool_wrote_as_apply_would_have(
+    ds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No defaults, no uid: not as tortie writes it, so the model reads it (and fills defaults).
+    _put_raw(ds, "/tortie/v3/ippools/hand", json.dumps(
+        {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "hand"},
+         "spec": {"cidr": "10.9.0.0/16"}}
+    ))  # fmt: skip
+    assert run(ds, "get", "ippool", "hand", "-o", "json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["spec"]["blockSize"] == 26 and doc["spec"]["nodeSelector"] == "all()"
+    assert int(doc["metadata"]["resourceVersion"]) > 0
+
+
 def test_datastore_unavailable_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
