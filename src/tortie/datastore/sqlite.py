@@ -77,15 +77,14 @@ Hazards:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tortie.datastore import fswatch, sqlitefile
+from tortie.datastore import sqlitefile
 from tortie.datastore.api import (
     AlreadyExistsError,
     CompactedError,
@@ -109,9 +108,21 @@ from tortie.datastore.api import (
 from tortie.datastore.memory import check_distinct_keys
 from tortie.datastore.sqlitefile import NOTIFY_SUFFIX, SCHEMA_VERSION
 
+if TYPE_CHECKING:
+    import logging
+
+    from tortie.datastore import fswatch
+
 __all__ = ["SCHEMA_VERSION", "SqliteDatastore", "prefix_end"]
 
-log = logging.getLogger(__name__)
+
+def _log() -> logging.Logger:
+    # Imported when there is something to log, not by every command that opens a store: a
+    # `tortie get` is a whole process (issue 17, item 14), and logging is ~5 ms of it.
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 0.02
@@ -238,7 +249,7 @@ class SqliteDatastore:
         """``init`` on an existing store: an id for a schema-1 store, modes, ``-notify``."""
         try:
             if sqlitefile.upgrade_schema(conn):
-                log.info("%s: schema 1 -> %d (an id was written)", self._path, SCHEMA_VERSION)
+                _log().info("%s: schema 1 -> %d (an id was written)", self._path, SCHEMA_VERSION)
             meta = self._read_meta(conn)
         except sqlite3.Error as e:
             raise self._translate(e) from None
@@ -470,7 +481,7 @@ class SqliteDatastore:
             with self._conn() as conn:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except DatastoreError as e:
-            log.info("%s: maintenance at revision %d skipped: %s", self._path, revision, e)
+            _log().info("%s: maintenance at revision %d skipped: %s", self._path, revision, e)
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, rev: int, ops: Sequence[Op]) -> int:
@@ -668,6 +679,8 @@ class SqliteDatastore:
             if self._notifier_tried or self._closed:
                 return
             self._notifier_tried = True
+            from tortie.datastore import fswatch  # for watches only (ctypes, inotify)
+
             self._notifier = fswatch.start(
                 os.path.dirname(self._notify_path),
                 (os.path.basename(self._notify_path),),

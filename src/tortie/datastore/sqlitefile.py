@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import sqlite3
 import stat
 import uuid
@@ -344,7 +343,9 @@ def create_store(path: str, url: str) -> bool:
             "the journal open, remove those files and create it again",
         )
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.init-{os.getpid()}-{secrets.token_hex(4)}")
+    # os.urandom, as secrets.token_hex does, without importing secrets (hmac, hashlib, random)
+    # into every command that opens a store.
+    tmp = os.path.join(directory, f".{name}.init-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         # 0600 from the start, whatever the umask; SQLite gives -wal/-shm the same mode.
         os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
