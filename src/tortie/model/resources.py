@@ -18,6 +18,11 @@ Invariants:
 - ``from_document`` validates strictly (``"26"`` is not an integer, ``"true"`` not a
   boolean, as in Calico) and raises :class:`tortie.model.errors.ValidationError`.
 
+The rules beyond types (CIDRs, selectors, consistency of a spec, endpoint names) are
+:mod:`tortie.model.rules`, called by the validators here: :mod:`tortie.model.stored` applies
+the same rules to stored documents without pydantic, and mirrors these models' fields (a test
+compares them), so a field changed here must be changed there too.
+
 Hazards:
 - Constructing models in Python (``IPPool(metadata=..., spec=...)``) raises
   ``pydantic.ValidationError`` on bad input: that is a programming error. Data from users goes
