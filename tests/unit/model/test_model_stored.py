@@ -29,6 +29,7 @@ from tortie.model.kinds import KIND_CLASSES
 from tortie.model.resources import BGPPeer, Resource, redact_secrets
 from tortie.model.stored import (
     SHAPES,
+    Shape,
     canonical,
     redact_document,
     with_resource_version,
@@ -488,8 +489,10 @@ def test_every_model_has_a_shape_with_its_fields_in_its_order() -> None:
             fields = [(a, True if a == "spec" else always) for a, always in fields]
         assert shape == fields, name
     for name in KINDS:
-        meta = {f.alias: f.always for f in SHAPES[name].fields[2].check.fields}  # type: ignore[attr-defined]
-        assert meta["namespace"] is KINDS[name].namespaced
+        meta = next(f.check for f in SHAPES[name].fields if f.alias == "metadata")
+        assert isinstance(meta, Shape)
+        namespace = next(f for f in meta.fields if f.alias == "namespace")
+        assert namespace.always is KINDS[name].namespaced  # filled in ("default") if namespaced
 
 
 def _no_descriptions(schema: Any) -> Any:
