@@ -55,8 +55,8 @@ def document_of(kind: str, kv: KeyValue) -> dict[str, Any]:
     """The stored value ``kv`` of a ``kind`` resource (exact spelling) as a document."""
     try:
         doc = canonical(kind, json.loads(kv.value))
-    except ValueError:
-        doc = None  # not JSON: the model path says so, with the key
+    except (ValueError, RecursionError):
+        doc = None  # not JSON (or nested too deep to read): the model path says so, with the key
     if doc is not None:
         return with_resource_version(doc, str(kv.mod_revision))
     # Not as tortie writes it: the models decide (and pydantic is imported, ~0.1 s).

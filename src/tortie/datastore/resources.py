@@ -307,6 +307,10 @@ def decode_resource(model: type[R], kv: KeyValue) -> R:
         res = model.from_document(doc)
     except (ValueError, ModelError) as err:
         raise CorruptResourceError(kv.key, str(err).splitlines()[0]) from err
+    except RecursionError:
+        # json.loads recurses per level: a value nested thousands deep (no writer of ours
+        # stores one; the loader refuses 100 levels) must not become a traceback.
+        raise CorruptResourceError(kv.key, "JSON nested too deep to read") from None
     return res.with_metadata(resource_version=str(kv.mod_revision))
 
 

@@ -308,6 +308,7 @@ def _put_raw(ds: str, key: str, value: str) -> None:
         "{not json",
         '{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"bad"},'
         '"spec":{"cidr":"10.9.0.0/16","blockSize":99}}',
+        "[" * 100_000 + "]" * 100_000,  # main: a RecursionError traceback
     ],
 )
 @pytest.mark.parametrize("how", [(), ("-o", "yaml"), ("-o", "json"), ("-o", "wide"), ("bad",)])

@@ -120,6 +120,7 @@ CORRUPT = [
     pytest.param("{not json", "Expecting property name", id="not-json"),
     pytest.param("", "Expecting value", id="empty"),
     pytest.param("[1, 2]", "expected a mapping", id="a-list"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "JSON nested too deep to read", id="deep"),
     pytest.param(
         '{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"p"},'
         '"spec":{"cidr":"10.9.0.0/16","blockSize":99}}',
