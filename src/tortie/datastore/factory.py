@@ -54,6 +54,8 @@ def _timeout(url: str, query: str) -> float | None:
     unknown = sorted(set(params) - {"timeout"})
     if unknown:
         raise InvalidURLError(url, f"unknown parameter(s) {', '.join(unknown)}")
+    if "timeout" not in params:  # "?&": a query that names nothing
+        raise InvalidURLError(url, f"the query {query!r} names no parameter (known: timeout)")
     raw = params["timeout"][-1]
     try:
         value = float(raw)

@@ -65,6 +65,8 @@ def test_relative_sqlite_path_is_relative_to_cwd(
         ("sqlite:///x.db?timeout=abc", "not a number"),
         ("sqlite:///x.db?timeout=-1", "positive"),
         ("sqlite:///x.db?busy=1", "unknown parameter"),
+        ("SQLITE:?&", "names no parameter"),  # was a KeyError (found by Hypothesis)
+        ("etcd://h:1?&&", "names no parameter"),
         ("sqlite:///x.db#frag", "fragments"),
         ("etcd://", "no etcd endpoint"),
         ("etcd:host:2379", "no etcd endpoint"),
