@@ -133,7 +133,9 @@ class ClusterState:
     def _update(self, key: str, value: str) -> None:
         try:
             table = self._decode_into(key, value)
-        except (TortieError, ValueError, KeyError, TypeError) as err:
+        except (TortieError, ValueError, KeyError, TypeError, RecursionError) as err:
+            # RecursionError: JSON nested thousands deep (json recurses per level), written by
+            # something that is not tortie; a daemon never dies of datastore content.
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             if self.bad_keys.get(key) != reason:
                 log.warning("ignoring unreadable datastore entry %s: %s", key, reason)

@@ -68,6 +68,8 @@ def _load_doc(kv: KeyValue) -> dict[str, Any]:
         doc = json.loads(kv.value)
     except ValueError as err:
         raise IPAMDataError(f"{kv.key}: not JSON ({err})") from err
+    except RecursionError:  # json recurses per level: thousands deep is a traceback otherwise
+        raise IPAMDataError(f"{kv.key}: JSON nested too deep to read") from None
     if not isinstance(doc, dict):
         raise IPAMDataError(f"{kv.key}: expected a JSON object")
     return doc

@@ -153,6 +153,8 @@ def _load(text: str, what: str) -> dict[str, Any]:
         doc = json.loads(text)
     except ValueError as err:
         raise IPAMDataError(f"{what}: not JSON ({err})") from err
+    except RecursionError:  # json recurses per level: thousands deep is a traceback otherwise
+        raise IPAMDataError(f"{what}: JSON nested too deep to read") from None
     if not isinstance(doc, dict):
         raise IPAMDataError(f"{what}: expected a JSON object")
     return doc

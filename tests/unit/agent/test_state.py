@@ -71,3 +71,17 @@ def test_deleting_what_the_view_does_not_hold_changes_nothing() -> None:
     block = keys_under(store, ipam_model.blocks_prefix())[0]
     state.apply(Deleted(block.key, 101))
     assert state.dirty and state.versions["blocks"] == before["blocks"] + 1
+
+
+def test_a_value_nested_thousands_deep_is_a_bad_key_not_a_crash() -> None:
+    # Datastore content is input: JSON nested 5,000 deep (json recurses per level) written by
+    # another tool must not kill the agent's loop with a RecursionError.
+    state, _store, _ipam = synced_state()
+    deep = "[" * 5000 + "]" * 5000
+    pool_key = resource_key("IPPool", "pool")
+    block_key = next(k for k in state.blocks)
+    state.apply(Update(pool_key, deep, 100))
+    state.apply(Update(block_key, deep, 101))
+    assert set(state.bad_keys) == {pool_key, block_key}
+    assert "deep" in state.bad_keys[block_key]
+    assert not state.pools and block_key not in state.blocks

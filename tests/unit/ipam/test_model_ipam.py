@@ -145,3 +145,15 @@ def test_handle_round_trip_and_counts() -> None:
         IPAMHandle.from_kv(h.key, '{"block": {"nope": 1}}')
     with pytest.raises(IPAMDataError, match="integer"):
         IPAMHandle.from_kv(h.key, '{"block": {"10.0.0.0/26": true}}')
+
+
+@pytest.mark.parametrize("decode", ["block", "affinity", "handle"])
+def test_json_nested_thousands_deep_is_a_data_error(decode: str) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(IPAMDataError, match="too deep"):
+        if decode == "block":
+            AllocationBlock.from_json(deep, "/tortie/ipam/v2/assignment/ipv4/block/10.0.0.0-26")
+        elif decode == "affinity":
+            BlockAffinity.from_kv("/tortie/ipam/v2/host/n1/ipv4/block/10.0.0.0-26", deep)
+        else:
+            IPAMHandle.from_kv("/tortie/ipam/v2/handle/h", deep)
