@@ -102,10 +102,23 @@ def assert_add_refused(fl: FaultLab, node: str, name: str) -> str:
     return str(err.value)
 
 
+# The CNI server answers as soon as the store is back; the agent's loop programs the new pod's
+# anti-spoofing entry when its syncer has re-listed, which after an outage can take the
+# syncer's longest retry backoff (5 s, datastore/syncer.py). So the new pod is pinged until it
+# answers, within that backoff plus a margin.
+REACHABLE_WITHIN = 10.0
+
+
 def extra_pings(fl: FaultLab, name: str, dst: str) -> bool:
     netns = f"/run/netns/{fl.lab.topology.prefix}{name}"
-    argv = ["nsenter", f"--net={netns}", "--", "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1"]
-    return subprocess.run([*argv, dst], capture_output=True, check=False).returncode == 0
+    argv = ["nsenter", f"--net={netns}", "--", "ping", "-n", "-c", "1", "-W", "1", dst]
+    started = time.monotonic()
+    while time.monotonic() - started < REACHABLE_WITHIN:
+        if subprocess.run(argv, capture_output=True, check=False).returncode == 0:
+            report("new-pod", f"{name} answers {ms(time.monotonic() - started)} after its ADD")
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def assert_fresh_address(fl: FaultLab, record: PodRecord, before: dict[str, object]) -> str:
