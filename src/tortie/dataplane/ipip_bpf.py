@@ -34,10 +34,14 @@ reports nothing (no reload, no re-attach, no map write: restart safety); the con
 allowlist maps are written before the programs are attached, so an attached program never
 runs unconfigured; the maps are reconciled to the desired state (extra keys deleted).
 
-Hazards: the counters (ipip_stats) restart from zero on an upgrade. The placeholder's peer
-(``tunl0p``) must never carry traffic: the encap program drops what it cannot encapsulate and
-the peer has forwarding off. Loading needs ``bpftool`` (Debian's bpftool package) and a built
-object (``make -C bpf``).
+Hazards: the counters (ipip_stats) restart from zero on an upgrade. A switch to ``tc`` on a
+device without a clsact qdisc makes the kernel graft one, and the device drops what it sends
+meanwhile (on the uplink: any of the node's packets, typically none or one; see
+:mod:`tortie.dataplane.tc` and docs/bpf-attach.md). That loss is the kernel's, reported as
+"added the clsact qdisc"; the hooks are never empty, and switching to tcx, or back to tc once
+the qdisc exists, loses nothing. The placeholder's peer (``tunl0p``) must never carry
+traffic: the encap program drops what it cannot encapsulate and the peer has forwarding off.
+Loading needs ``bpftool`` (Debian's bpftool package) and a built object (``make -C bpf``).
 """
 
 from __future__ import annotations
@@ -401,8 +405,7 @@ class BpfIPIP:
             ):
                 changes.append(f"removed tc filter from {dev} {direction} (now a tcx link)")
             return changes
-        if tc.ensure_bpf_filter(dev, direction, str(prog), prog_id(prog), self.netns):
-            changes.append(f"attached {prog.name} to {dev} {direction}")
+        changes += tc.ensure_bpf_filter(dev, direction, str(prog), prog_id(prog), self.netns)
         if tcx.remove_link(link_path):
             changes.append(f"detached the tcx link from {dev} {direction} (now a tc filter)")
         return changes

@@ -11,7 +11,15 @@ the attached filter's program id (``tc -j``) and only ``replace`` when it differ
 pinned program's id; ``replace`` at a fixed preference/handle swaps programs atomically.
 
 Invariants: tortie's filters live at preference :data:`TC_PREF`, handle 1; other filters on the
-same hook are never touched.
+same hook are never touched. The clsact qdisc is added once, reported as a change of its own, and
+never deleted (removing tortie's filter leaves it).
+
+Hazards: adding (or deleting) a clsact qdisc on a device that is up costs packets, whatever
+BPF runs: the kernel grafts it with the device's transmit queues deactivated (``qdisc_graft``
+-> ``dev_deactivate``: the queues point at ``noop_qdisc`` across an RCU grace period), so what
+the device sends in that moment is dropped (reason ``QDISC_DROP``, counted in the device's
+``tx_dropped``). Adding, replacing or deleting a filter on an existing clsact drops nothing.
+docs/bpf-attach.md has the measurements.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from tortie.dataplane.netns import NetnsRef, run_in_netns
@@ -82,12 +91,17 @@ def bpf_filters(dev: str, direction: Direction, netns: NetnsRef = None) -> list[
 
 def ensure_bpf_filter(
     dev: str, direction: Direction, pinned_prog: str, prog_id: int, netns: NetnsRef = None
-) -> bool:
-    """Make ``pinned_prog`` (kernel id ``prog_id``) tortie's filter on ``dev``; True if changed."""
-    ensure_clsact(dev, netns)
+) -> list[str]:
+    """Make ``pinned_prog`` (kernel id ``prog_id``) tortie's filter on ``dev``; what changed.
+
+    The device's first filter needs a clsact qdisc: its creation is reported on its own, since
+    the device drops what it sends while the kernel grafts it (the hazard above)."""
+    changes = []
+    if ensure_clsact(dev, netns):
+        changes.append(f"added the clsact qdisc to {dev}")
     for f in bpf_filters(dev, direction, netns):
         if (f.pref, f.handle) == (TC_PREF, TC_HANDLE) and f.prog_id == prog_id:
-            return False
+            return changes
     tc(
         [
             "filter", "replace", "dev", dev, direction,
@@ -96,7 +110,8 @@ def ensure_bpf_filter(
         ],
         netns,
     )  # fmt: skip
-    return True
+    changes.append(f"attached {Path(pinned_prog).name} to {dev} {direction}")
+    return changes
 
 
 def remove_bpf_filter(dev: str, direction: Direction, netns: NetnsRef = None) -> bool:

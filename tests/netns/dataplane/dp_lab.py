@@ -15,13 +15,14 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tortie.dataplane import bpffs
-from tortie.dataplane.netns import run_in_netns
+from tortie.dataplane.netns import ensure_sysctls, run_in_netns
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -154,6 +155,79 @@ def ping(ns: str, dst: str, size: int = 56, timeout: float = 2.0, df: bool = Tru
             if kind == 3:  # unreachable / fragmentation needed
                 return False
         return False
+
+
+class Flood:
+    """ICMP echoes from namespace ``ns`` to ``dst`` every ``interval`` seconds until
+    :meth:`stop`, each one accounted for: when it was sent and whether it was answered.
+
+    ping(8) says how many were lost, not which or when; and with ``-c`` it waits for the last
+    replies only twice the largest round trip it saw (``-W`` counts only while nothing was
+    answered), so a slow last reply on a loaded machine reads as a loss. Here every echo keeps
+    its sequence number and the time span of its ``sendto`` (a packet the kernel drops on the
+    sending path, e.g. at a qdisc, is dropped inside that call), and :meth:`stop` waits for
+    every outstanding reply up to ``linger`` seconds. An ICMP datagram ("ping") socket, not a
+    raw one: the kernel hands it only the replies to its own identifier, so other echo traffic
+    in the namespace cannot overflow its receive buffer (the namespace's ``ping_group_range``
+    is opened to root for it).
+    """
+
+    def __init__(self, ns: str, dst: str, interval: float = 0.002) -> None:
+        self.dst = dst
+        self.interval = interval
+        self.sent: dict[int, tuple[float, float]] = {}  # seq -> monotonic (before, after) sendto
+        self.answered: set[int] = set()
+        ensure_sysctls({"net/ipv4/ping_group_range": "0\t0"}, ns)
+        self._sock = run_in_netns(
+            ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        )
+        self._sock.settimeout(0.05)
+        self._sending = threading.Event()
+        self._receiving = threading.Event()
+        self._sending.set()
+        self._receiving.set()
+        self._threads = [
+            threading.Thread(target=self._receive, daemon=True),
+            threading.Thread(target=self._send, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self) -> None:
+        payload = bytes(56)
+        next_at = time.monotonic()
+        seq = 0
+        while self._sending.is_set() and seq < 0xFFFF:
+            seq += 1
+            before = time.monotonic()
+            # The kernel sets the identifier (the socket's) and the checksum.
+            with contextlib.suppress(OSError):  # ENOBUFS and the like: unanswered, so lost
+                self._sock.sendto(icmp_echo(0, seq, payload), (self.dst, 0))
+            self.sent[seq] = (before, time.monotonic())
+            next_at += self.interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def _receive(self) -> None:
+        while self._receiving.is_set():
+            try:
+                data = self._sock.recv(65535)  # the ICMP message, no IP header
+            except TimeoutError:
+                continue
+            kind, _code, _sum, _ident, seq = struct.unpack_from("!BBHHH", data)
+            if kind == 0:
+                self.answered.add(seq)
+
+    def stop(self, linger: float = 1.0) -> list[int]:
+        """Stop sending, wait for the replies still due; the unanswered sequence numbers."""
+        self._sending.clear()
+        self._threads[1].join()
+        deadline = time.monotonic() + linger
+        while set(self.sent) - self.answered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._receiving.clear()
+        self._threads[0].join()
+        self._sock.close()
+        return sorted(set(self.sent) - self.answered)
 
 
 @dataclass(frozen=True)
