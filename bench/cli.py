@@ -33,18 +33,16 @@ import argparse
 import json
 import os
 import resource
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ipam import private_etcd  # bench/ipam.py: a private etcd on loopback
 
 POOL = """\
 apiVersion: projectcalico.org/v3
@@ -130,53 +128,6 @@ def child_env(pycache: Path | None, source: str | None = None) -> dict[str, str]
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def private_etcd(tmp: Path) -> Iterator[str]:
-    binary = os.environ.get("TORTIE_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
-    if not os.access(binary, os.X_OK):
-        raise SystemExit("etcd not found: install etcd-server (scripts/install-deps)")
-    client, peer = _free_port(), _free_port()
-    c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    cmd = [
-        binary,
-        "--name=bench",
-        f"--data-dir={tmp}/etcd",
-        f"--listen-client-urls={c}",
-        f"--advertise-client-urls={c}",
-        f"--listen-peer-urls={p}",
-        f"--initial-advertise-peer-urls={p}",
-        f"--initial-cluster=bench={p}",
-    ]
-    with open(tmp / "etcd.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{c}/health", timeout=1) as r:
-                    if json.loads(r.read()).get("health") == "true":
-                        break
-            except (OSError, ValueError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"etcd did not start; see {tmp}/etcd.log")
-            time.sleep(0.1)
-        yield f"etcd://127.0.0.1:{client}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def timed(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one process; raises if it fails."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -202,7 +153,7 @@ def measure(
         if baseline is not None:
             variants.append(("_baseline", child_env(None if as_is else tmp / "pyc", baseline)))
         sqlite_url = f"sqlite:///{tmp / 'cli.db'}"
-        with private_etcd(tmp) as etcd_url:
+        with private_etcd() as etcd_url:
             for url in (sqlite_url, etcd_url):
                 # Opening never creates a store (docs/datastore.md): init, then the pool.
                 subprocess.run(

@@ -74,7 +74,11 @@ def private_etcd() -> Iterator[str]:
             yield f"etcd://127.0.0.1:{client}"
         finally:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def _wipe(url: str) -> None:

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from sqlite_damage import corrupt_oldest_changes
 
 from tortie.ctl.main import main
 
@@ -150,28 +151,6 @@ def test_init_refuses_a_file_that_is_not_tortie_s_and_leaves_it(
         assert main(["--datastore", f"sqlite://{f}", *args]) == 1
         assert "left untouched" in capsys.readouterr().err
     assert files(f) == before
-
-
-def corrupt_oldest_changes(db: Path) -> None:
-    """Break the header of the leftmost leaf page of the change-log (its oldest rows): a write
-    that never reads that page goes ahead on it (as `tortie delete` did, issue 17 item 4);
-    ``PRAGMA quick_check`` finds it."""
-    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    (root,) = c.execute("SELECT rootpage FROM sqlite_master WHERE name = 'changes'").fetchone()
-    c.close()
-    data = bytearray(db.read_bytes())
-    size = int.from_bytes(data[16:18], "big")
-    page = root
-    while True:
-        base = (page - 1) * size
-        header = base + (100 if page == 1 else 0)
-        if data[header] in (0x0A, 0x0D):  # a leaf page
-            break
-        first_cell = int.from_bytes(data[header + 12 : header + 14], "big")
-        page = int.from_bytes(data[base + first_cell : base + first_cell + 4], "big")
-    assert page != root, "the change-log fits in one page: write more"
-    data[header] = 0xFF  # no such page type
-    db.write_bytes(bytes(data))
 
 
 def test_a_write_to_a_malformed_store_exits_1_and_changes_nothing(
