@@ -319,8 +319,8 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _diagram(args: argparse.Namespace) -> int:
-    from tortie.lab.diagram import gather, output_format, to_dot, write_diagram
     from tortie.lab.ops import open_lab
+    from tortie.trace.diagram import gather, output_format, to_dot, write_diagram
 
     _require_root("diagram")
     output_format(args.output)  # refuse a bad suffix before asking the namespaces

@@ -1,13 +1,14 @@
 """``tortie trace [--lab L] SRC DST [--capture] [-o text|json] [-v]``: a packet's journey.
 
 SRC and DST are lab pod or node names, ``router``, or addresses. The request and the reply are
-walked through the lab's namespaces from their live state (:mod:`tortie.lab.trace`); with
+walked through the lab's namespaces from their live state (:mod:`tortie.trace.run`); with
 ``--capture`` a real ping is sent while tcpdump listens at every wire of the journey, and the
 captures are shown beside the predictions.
 
-Invariants: the handler only parses, calls :mod:`tortie.lab` and prints. Exit status: 0, or 3
-when ``--capture`` found a difference between prediction and capture (like ``tortie ipam
-check``: a script can tell "it ran" from "it disagrees"); user errors are LabErrors (exit 1).
+Invariants: the handler only parses, opens the lab (:mod:`tortie.lab`), calls
+:mod:`tortie.trace` and prints. Exit status: 0, or 3 when ``--capture`` found a difference
+between prediction and capture (like ``tortie ipam check``: a script can tell "it ran" from "it
+disagrees"); user errors are LabErrors (exit 1).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def _trace(args: argparse.Namespace) -> int:
     from tortie.lab.errors import NotRootError
     from tortie.lab.ops import open_lab
     from tortie.lab.registry import LabPaths, default_root
-    from tortie.lab.trace import trace
-    from tortie.lab.trace_text import format_trace
+    from tortie.trace.run import trace
+    from tortie.trace.text import format_trace
 
     if os.geteuid() != 0:
         raise NotRootError("tortie trace needs root (it enters the lab's namespaces); use sudo")

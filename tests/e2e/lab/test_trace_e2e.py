@@ -26,11 +26,11 @@ from lab_e2e import LabCli, lab_cli, ping, unique_name
 from tortie.ctl import trace as trace_cli
 from tortie.lab.ops import Lab
 from tortie.lab.procs import pids_with_token
-from tortie.lab.trace import trace
-from tortie.lab.trace_capture import new_probe, run_capture
-from tortie.lab.trace_model import PROTO_IPIP, Header
-from tortie.lab.trace_places import lab_env
-from tortie.lab.trace_wire import capture_points
+from tortie.trace.capture import new_probe, run_capture
+from tortie.trace.model import PROTO_IPIP, Header
+from tortie.trace.places import lab_env
+from tortie.trace.run import trace
+from tortie.trace.wire import capture_points
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ namespace: the device's kind (the kernel's ipip device, or tortie's tc-BPF place
 ``ipip_encap``/``ipip_decap`` programs), the BPF allowlist map, the nftables ``node_ips`` set,
 the neighbour and FDB entries, the vxlan device's VNI, port and local address.
 
-Invariants: every function only asks the :class:`~tortie.lab.trace_kernel.KernelView` and adds
-steps to the hop in progress; it returns an :class:`~tortie.lab.trace_hop.End` when the packet
+Invariants: every function only asks the :class:`~tortie.trace.kernel.KernelView` and adds
+steps to the hop in progress; it returns an :class:`~tortie.trace.hop.End` when the packet
 goes no further, else what the walk needs next (the outer packet's next hop).
 
 Hazard: the tc-BPF backend decapsulates at the uplink's tc ingress, before netfilter, so there
@@ -19,10 +19,10 @@ the kernel-module backend) is shown for information only.
 
 from __future__ import annotations
 
-from tortie.lab.trace_hop import TUNL0, End, HopState, route_step
-from tortie.lab.trace_kernel import ENCAP_PROGRAM, KernelView, Lookup
-from tortie.lab.trace_model import PROTO_IPIP, PROTO_UDP, Evidence, Header, Step
-from tortie.lab.trace_parse import Route
+from tortie.trace.hop import TUNL0, End, HopState, route_step
+from tortie.trace.kernel import ENCAP_PROGRAM, KernelView, Lookup
+from tortie.trace.model import PROTO_IPIP, PROTO_UDP, Evidence, Header, Step
+from tortie.trace.parse import Route
 
 
 def outer_route(s: HopState, lookup: Lookup, dst: str) -> str | End:

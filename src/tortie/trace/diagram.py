@@ -8,7 +8,7 @@ topology alone would draw what the lab *should* be; this draws what it *is*: add
 the node's blackhole routes (how a node claims a block in the kernel).
 
 Three parts: :func:`gather` (asks the namespaces through
-:class:`~tortie.lab.trace_kernel.KernelView`), :func:`to_dot` (pure: a DOT graph) and
+:class:`~tortie.trace.kernel.KernelView`), :func:`to_dot` (pure: a DOT graph) and
 :func:`write_diagram` (``.dot`` as is, ``.svg``/``.png`` through graphviz's ``dot`` CLI).
 
 Invariants: read-only; the DOT text depends only on the gathered picture (stable order, so a
@@ -28,10 +28,10 @@ from pathlib import Path
 
 from tortie.lab.errors import LabError
 from tortie.lab.ops import Lab
-from tortie.lab.trace_kernel import KernelView
-from tortie.lab.trace_model import Place
-from tortie.lab.trace_parse import LinkInfo, Route, parse_addresses, parse_links, parse_routes
-from tortie.lab.trace_places import lab_places, lab_view
+from tortie.trace.kernel import KernelView
+from tortie.trace.model import Place
+from tortie.trace.parse import LinkInfo, Route, parse_addresses, parse_links, parse_routes
+from tortie.trace.places import lab_places, lab_view
 
 AGENT_PROTO = "80"
 FORMATS = ("svg", "png", "dot")

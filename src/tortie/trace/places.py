@@ -9,7 +9,7 @@ owners are read live (``ip -j -4 addr show`` in every namespace), so a re-addres
 missing tunnel address shows up as it is.
 
 Invariants: :func:`lab_places` is pure (topology + state); :func:`address_owners` only asks the
-:class:`~tortie.lab.trace_kernel.KernelView`. Loopback and link-local addresses are nobody's
+:class:`~tortie.trace.kernel.KernelView`. Loopback and link-local addresses are nobody's
 (169.254.1.1 is answered by proxy ARP, not owned).
 """
 
@@ -22,8 +22,8 @@ from tortie.lab.errors import UnknownTargetError
 from tortie.lab.ops import Lab
 from tortie.lab.procs import TOKEN_ENV
 from tortie.lab.runtime import LAB_ENV
-from tortie.lab.trace_kernel import KernelView, LabRunner
-from tortie.lab.trace_model import Evidence, Place
+from tortie.trace.kernel import KernelView, LabRunner
+from tortie.trace.model import Evidence, Place
 
 ROUTER = "router"
 

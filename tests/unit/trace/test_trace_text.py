@@ -9,8 +9,8 @@ from test_trace_recordings import CROSSSUBNET, IPIP
 from test_trace_replay import lab_of, replay
 
 from tortie.ctl import trace as trace_cli
-from tortie.lab.trace import trace
-from tortie.lab.trace_text import WIDTH, format_trace, path_text
+from tortie.trace.run import trace
+from tortie.trace.text import WIDTH, format_trace, path_text
 
 
 def test_text_tells_the_seeds_story() -> None:

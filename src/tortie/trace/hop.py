@@ -1,19 +1,19 @@
 """One hop of a trace being walked: its mutable state, how it ends, and the route step.
 
-Problem: the walk (:mod:`.trace_walk`) and the tunnel logic (:mod:`.trace_tunnel`) both add
+Problem: the walk (:mod:`.walk`) and the tunnel logic (:mod:`.tunnel`) both add
 steps to the hop in progress and both may end the journey; they share these few types so that
 neither has to know the other's internals.
 
 Invariant: a :class:`HopState` is only mutated while its hop is walked; :meth:`HopState.hop`
-freezes it into the record (:class:`~tortie.lab.trace_model.Hop`).
+freezes it into the record (:class:`~tortie.trace.model.Hop`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tortie.lab.trace_kernel import Lookup
-from tortie.lab.trace_model import Hop, Masquerade, Outcome, Packet, Place, Step
+from tortie.trace.kernel import Lookup
+from tortie.trace.model import Hop, Masquerade, Outcome, Packet, Place, Step
 
 TUNL0 = "tunl0"
 CALI_PREFIX = "cali"  # the anti-spoofing rule's iifname "cali*"

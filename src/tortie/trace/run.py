@@ -4,15 +4,15 @@ Problem: the seed (/work/shared/seed/README.md) explains IPIP and BGP mode by fo
 ping: pod eth0 -> cali -> route -> tunl0 encapsulates -> uplink -> the other node decapsulates
 -> /32 route -> cali -> pod eth0, with captures showing outer+inner headers on the wire and
 the bare inner packet at the pod. ``trace`` tells that story for any two endpoints of a live
-lab, from the live state of each namespace (see :mod:`.trace_walk` for the walk and
-:mod:`.trace_kernel` for how the kernel is asked), and with ``--capture`` puts a real probe's
-packets next to the prediction (:mod:`.trace_capture`).
+lab, from the live state of each namespace (see :mod:`.walk` for the walk and
+:mod:`.kernel` for how the kernel is asked), and with ``--capture`` puts a real probe's
+packets next to the prediction (:mod:`.capture`).
 
-The modules: :mod:`.trace_model` (the record), :mod:`.trace_parse` (tool output),
-:mod:`.trace_kernel` (asking a namespace), :mod:`.trace_places` (who is where),
-:mod:`.trace_walk` (the journey), :mod:`.trace_hop` and :mod:`.trace_tunnel` (its hop state,
-its tunnels), :mod:`.trace_wire` and :mod:`.trace_capture` (the probe),
-:mod:`.trace_text` (the words). This one resolves the endpoints and puts them together.
+The modules: :mod:`.model` (the record), :mod:`.parse` (tool output),
+:mod:`.kernel` (asking a namespace), :mod:`.places` (who is where),
+:mod:`.walk` (the journey), :mod:`.hop` and :mod:`.tunnel` (its hop state,
+its tunnels), :mod:`.wire` and :mod:`.capture` (the probe),
+:mod:`.text` (the words). This one resolves the endpoints and puts them together.
 
 Invariants: SRC must be inside the lab (a pod, a node, the router, or an address one of them
 holds); DST may be any address, but ``--capture`` only probes destinations inside the lab. A
@@ -33,9 +33,9 @@ from typing import Any
 
 from tortie.lab.errors import LabError, UnknownTargetError
 from tortie.lab.ops import Lab
-from tortie.lab.trace_capture import CaptureReport, new_probe, run_capture
-from tortie.lab.trace_kernel import KernelView, Runner
-from tortie.lab.trace_model import (
+from tortie.trace.capture import CaptureReport, new_probe, run_capture
+from tortie.trace.kernel import KernelView, Runner
+from tortie.trace.model import (
     ICMP_REPLY,
     ICMP_REQUEST,
     PROTO_ICMP,
@@ -45,9 +45,9 @@ from tortie.lab.trace_model import (
     Packet,
     Place,
 )
-from tortie.lab.trace_places import LabMap, address_owners, lab_env, lab_places, lab_view
-from tortie.lab.trace_walk import Walker
-from tortie.lab.trace_wire import capture_points
+from tortie.trace.places import LabMap, address_owners, lab_env, lab_places, lab_view
+from tortie.trace.walk import Walker
+from tortie.trace.wire import capture_points
 
 
 @dataclass(frozen=True)

@@ -16,26 +16,26 @@ out-device's encapsulation and the outer packet's own lookup -> which namespace 
 side (the pod's veth peer, or whoever owns the next-hop address).
 
 Invariants:
-- pure over a :class:`~tortie.lab.trace_kernel.KernelView`: every fact is something the view
+- pure over a :class:`~tortie.trace.kernel.KernelView`: every fact is something the view
   was asked, and goes into the step as evidence;
 - nothing is assumed from the lab's mode: a route via tunl0 is IPIP because the kernel said so;
 - a walk ends: delivered (a ``local`` answer), dropped (a refusal, a blackhole, a failed
   check), left the lab (no namespace owns the next hop), or loop (:data:`MAX_HOPS`).
 
-The tunnels' part (encapsulation, decapsulation) is :mod:`.trace_tunnel`; the hop's state
-is :mod:`.trace_hop`.
+The tunnels' part (encapsulation, decapsulation) is :mod:`.tunnel`; the hop's state
+is :mod:`.hop`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from tortie.lab.trace_hop import CALI_PREFIX, TUNL0, End, HopState, Next, route_step
-from tortie.lab.trace_kernel import KernelView
-from tortie.lab.trace_model import Evidence, Hop, Journey, Masquerade, Packet, Place, Step
-from tortie.lab.trace_parse import NftTable, Route
-from tortie.lab.trace_places import LabMap
-from tortie.lab.trace_tunnel import decapsulate, encap_ipip, encap_vxlan
+from tortie.trace.hop import CALI_PREFIX, TUNL0, End, HopState, Next, route_step
+from tortie.trace.kernel import KernelView
+from tortie.trace.model import Evidence, Hop, Journey, Masquerade, Packet, Place, Step
+from tortie.trace.parse import NftTable, Route
+from tortie.trace.places import LabMap
+from tortie.trace.tunnel import decapsulate, encap_ipip, encap_vxlan
 
 MAX_HOPS = 16
 Direction = Literal["request", "reply"]

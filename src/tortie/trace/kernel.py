@@ -5,7 +5,7 @@ route lookup, the neighbour and FDB tables, the nftables sets, the BPF programs 
 are attached), and each claim must come with the command that shows it, so a reader can type
 it. :class:`KernelView` is that question-and-answer layer: high-level questions ("route this
 from there, arriving on that device") asked as ``ip``/``nft``/``tc``/``bpftool``/``sysctl``
-commands through a :class:`Runner`, answers parsed by :mod:`.trace_parse`.
+commands through a :class:`Runner`, answers parsed by :mod:`.parse`.
 
 Invariants:
 - the only I/O is :meth:`Runner.run`; :class:`LabRunner` runs each command with ``nsenter
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tortie.lab.trace_model import Evidence, Place
-from tortie.lab.trace_parse import (
+from tortie.trace.model import Evidence, Place
+from tortie.trace.parse import (
     LinkInfo,
     Neighbour,
     NftTable,

@@ -1,11 +1,11 @@
 """The trace as text for a newcomer: the seed's walkthrough, hop by hop, from live answers.
 
-Problem: the JSON record (:mod:`.trace_model`) holds everything; a person wants the story:
+Problem: the JSON record (:mod:`.model`) holds everything; a person wants the story:
 where the packet is, what the kernel answered there (the command to type and its answer,
 verbatim), why (proxy ARP, firewall, tunnel), and what the packet looks like on the wire when
 it leaves. Then the captures next to the predictions and, most visibly, the differences.
 
-Invariant: pure (a :class:`~tortie.lab.trace.TraceResult` in, lines out); no line depends on
+Invariant: pure (a :class:`~tortie.trace.run.TraceResult` in, lines out); no line depends on
 the terminal. Long explanations are wrapped at :data:`WIDTH` with a hanging indent.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import textwrap
 
-from tortie.lab.trace import TraceResult
-from tortie.lab.trace_capture import CaptureReport
-from tortie.lab.trace_model import Hop, Journey, Step
-from tortie.lab.trace_wire import PointResult
+from tortie.trace.capture import CaptureReport
+from tortie.trace.model import Hop, Journey, Step
+from tortie.trace.run import TraceResult
+from tortie.trace.wire import PointResult
 
 WIDTH = 100
 KIND_WIDTH = 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tortie.lab.trace_parse import (
+from tortie.trace.parse import (
     parse_addresses,
     parse_fdb,
     parse_ipv4_keys,

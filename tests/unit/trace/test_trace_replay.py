@@ -18,7 +18,7 @@ from typing import Any
 from tortie.lab.ops import Lab
 from tortie.lab.state import LabState, PodRecord
 from tortie.lab.topology import LabOptions, build_topology
-from tortie.lab.trace_model import Evidence, Place
+from tortie.trace.model import Evidence, Place
 
 
 @dataclass

@@ -12,7 +12,8 @@ from test_trace_recordings import CROSSSUBNET, VXLAN
 from test_trace_replay import lab_of, replay
 
 from tortie.ctl import lab as lab_cli
-from tortie.lab.diagram import (
+from tortie.lab.errors import LabError
+from tortie.trace.diagram import (
     COLOUR_IPIP,
     COLOUR_NATIVE,
     COLOUR_VXLAN,
@@ -21,8 +22,7 @@ from tortie.lab.diagram import (
     to_dot,
     write_diagram,
 )
-from tortie.lab.errors import LabError
-from tortie.lab.trace_kernel import KernelView
+from tortie.trace.kernel import KernelView
 
 
 def picture_of(recording: dict[str, Any]) -> str:

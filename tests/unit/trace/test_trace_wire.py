@@ -8,9 +8,9 @@ from __future__ import annotations
 from test_trace_recordings import IPIP
 from test_trace_replay import lab_of, replay
 
-from tortie.lab.trace import trace
-from tortie.lab.trace_model import PROTO_ICMP, PROTO_IPIP, Header, Packet
-from tortie.lab.trace_wire import (
+from tortie.trace.model import PROTO_ICMP, PROTO_IPIP, Header, Packet
+from tortie.trace.run import trace
+from tortie.trace.wire import (
     CapturePoint,
     capture_points,
     compare_point,

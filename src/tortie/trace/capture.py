@@ -1,9 +1,9 @@
 """``trace --capture``: a real probe, with tcpdump listening at every wire of the journey.
 
 Problem: a prediction is only worth something next to what really crossed the wire. For each
-capture point (:func:`~tortie.lab.trace_wire.capture_points`) we start ``tcpdump -n -l`` in
+capture point (:func:`~tortie.trace.wire.capture_points`) we start ``tcpdump -n -l`` in
 that namespace, wait until every one of them listens, send a ping with an ICMP id of our own,
-stop the captures and compare (:func:`~tortie.lab.trace_wire.compare_point`).
+stop the captures and compare (:func:`~tortie.trace.wire.compare_point`).
 
 Invariants:
 - exactly the tcpdump processes started here are stopped here (each :class:`Capture` ends its
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tortie.lab.capture import Capture
-from tortie.lab.trace_model import Evidence, Place
-from tortie.lab.trace_wire import CapturePoint, PointResult, compare_point
+from tortie.trace.model import Evidence, Place
+from tortie.trace.wire import CapturePoint, PointResult, compare_point
 
 CAPTURE_FILTER = "icmp or ip proto 4 or udp port 4789"
 PROBE_COUNT = 2
@@ -86,7 +86,7 @@ def run_capture(
     points: list[CapturePoint], probe: Probe, marks: dict[str, str], delivered: bool
 ) -> CaptureReport:
     """Listen at ``points``, send ``probe``, compare. ``marks``: the lab's environment marks
-    (:func:`~tortie.lab.trace_places.lab_env`); ``delivered``: the prediction."""
+    (:func:`~tortie.trace.places.lab_env`); ``delivered``: the prediction."""
     env = {**os.environ, **marks}
     captures: list[Capture] = []
     lines: list[list[str]] = []

@@ -4,7 +4,7 @@ Problem: ``trace --capture`` must show, at each wire the journey crosses, the pa
 predicts and the one tcpdump saw, and say where they differ ("predicted IPIP but saw plain").
 This module is the pure half: the capture points a pair of journeys implies, the parsing of
 ``tcpdump -n -l`` lines (plain ICMP, IPIP's nested ``IP a > b: IP c > d: ICMP ...``, VXLAN's
-two lines) into :class:`~tortie.lab.trace_model.Packet`, and the comparison.
+two lines) into :class:`~tortie.trace.model.Packet`, and the comparison.
 
 Invariants:
 - a capture point is a wire device (pod eth0, node uplink, router leg) some hop of the request
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tortie.lab.trace_model import (
+from tortie.trace.model import (
     PROTO_ICMP,
     PROTO_IPIP,
     PROTO_UDP,

@@ -15,8 +15,8 @@ from test_trace_recordings import BGP, CROSSSUBNET, IPIP, VXLAN
 from test_trace_replay import Replay, answer, lab_of, replay, with_answers
 
 from tortie.lab.errors import LabError, UnknownTargetError
-from tortie.lab.trace import TraceResult, trace
-from tortie.lab.trace_model import Hop, Journey, Packet
+from tortie.trace.model import Hop, Journey, Packet
+from tortie.trace.run import TraceResult, trace
 
 POD1, POD2 = "10.244.202.65", "10.244.165.65"  # the recordings' pod addresses (IPAM's choice)
 NODE1, NODE2 = "192.168.49.2", "192.168.49.3"
