@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tortie.agent.desired import LocalNode, PoolInfo, RemotePrefix, Workload, compute_routes
-from tortie.dataplane.ipip import make_ipip_backend
+from tortie.dataplane.ipip_choice import make_ipip_backend
 from tortie.dataplane.kernel_netlink import Pyroute2Netlink
 from tortie.dataplane.netns import ensure_sysctls, run_in_netns
 from tortie.dataplane.routetable import RouteTable

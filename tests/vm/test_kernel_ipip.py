@@ -101,7 +101,7 @@ def test_auto_chooses_the_kernel_backend_and_says_why(scenario: dict[str, Any]) 
     n1, n2 = scenario["n1"], scenario["n2"]
     assert (n1["mode"], n1["backend"]) == ("auto", "kernel")
     assert n1["why"] == "auto: kernel (tunl0 is an ipip device)"
-    said = "tortie.dataplane.ipip: ipip backend auto -> kernel: tunl0 is an ipip device"
+    said = "tortie.dataplane.ipip_choice: ipip backend auto -> kernel: tunl0 is an ipip device"
     assert said in n1["log"]
     assert (n2["mode"], n2["backend"], n2["why"]) == ("kernel", "kernel", "configured: kernel")
 

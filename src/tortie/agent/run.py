@@ -38,7 +38,8 @@ from tortie.agent.config import AgentConfig, AgentConfigError, detect_address
 from tortie.agent.health import HealthBoard, serve
 from tortie.agent.loop import NodeAgent
 from tortie.agent.trust import DatastoreGuard, record_path
-from tortie.dataplane.ipip import IPIPBackend, make_ipip_backend
+from tortie.dataplane.ipip import IPIPBackend
+from tortie.dataplane.ipip_choice import make_ipip_backend
 from tortie.dataplane.monitor import NetlinkMonitor
 from tortie.dataplane.nftables import NftablesManager
 from tortie.dataplane.vxlan import VXLANManager

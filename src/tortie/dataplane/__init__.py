@@ -13,7 +13,8 @@ the CNI plugin can use the stdlib-only helpers without paying for pyroute2):
 - ``fake_netlink``: FakeNetlink, an in-memory kernel for unit tests.
 - ``routetable``: RouteTable, Felix-style reconciler (deltas, mark-and-sweep, grace period).
 - ``ipip`` / ``ipip_kernel`` / ``ipip_bpf``: the IPIPBackend protocol, the ipip-module and
-  tc-BPF backends, and make_ipip_backend(auto|kernel|bpf).
+  tc-BPF backends; ``ipip_choice``: make_ipip_backend(auto|kernel|bpf) above them all.
+- ``tunnel``: a tunnel device's own address (tunl0's and vxlan.calico's, one rule).
 - ``bpfsys`` (bpf(2) via ctypes), ``bpffs`` (pin filesystem), ``tc`` (filter attach),
   ``tcx`` (tcx link attach, kernel 6.6+), ``bpfhooks`` (what runs on every tc hook, both kinds).
 - ``workload``: host-side sysctls/MTU of ``cali*`` interfaces.

@@ -60,9 +60,10 @@ from typing import Literal
 
 from tortie.dataplane import bpffs, tc, tcx
 from tortie.dataplane.bpfsys import PinnedMap, prog_id
-from tortie.dataplane.ipip import TUNNEL_DEVICE, IPIPError, TunnelAddr, ensure_tunnel_address
+from tortie.dataplane.ipip import TUNNEL_DEVICE, IPIPError
 from tortie.dataplane.netlink import Link, Netlink
 from tortie.dataplane.netns import NetnsRef, ensure_sysctls
+from tortie.dataplane.tunnel import TunnelAddr, ensure_tunnel_address
 
 log = logging.getLogger(__name__)
 

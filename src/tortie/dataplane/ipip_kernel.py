@@ -17,13 +17,9 @@ import errno
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
-from tortie.dataplane.ipip import (
-    TUNNEL_DEVICE,
-    IPIPError,
-    TunnelAddr,
-    ensure_tunnel_address,
-)
+from tortie.dataplane.ipip import TUNNEL_DEVICE, IPIPError
 from tortie.dataplane.netlink import Link, Netlink, NetlinkError
+from tortie.dataplane.tunnel import TunnelAddr, ensure_tunnel_address
 
 
 class KernelIPIP:

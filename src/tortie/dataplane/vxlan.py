@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from tortie.dataplane.ipip import TunnelAddr, ensure_tunnel_address
 from tortie.dataplane.netlink import Link, Netlink, NetlinkError, VXLANAttrs
+from tortie.dataplane.tunnel import TunnelAddr, ensure_tunnel_address
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 import pytest
 from dp_lab import lab
 
-from tortie.dataplane.ipip import make_ipip_backend, probe_kernel_ipip
+from tortie.dataplane.ipip_choice import make_ipip_backend, probe_kernel_ipip
 from tortie.dataplane.ipip_kernel import KernelIPIP
 from tortie.dataplane.kernel_netlink import Pyroute2Netlink
 from tortie.dataplane.netlink import NetlinkError

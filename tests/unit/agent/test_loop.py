@@ -15,9 +15,9 @@ from tortie.agent.config import AgentConfig, NodeAddress
 from tortie.agent.loop import NodeAgent
 from tortie.agent.registration import register_node
 from tortie.dataplane.fake_netlink import FakeNetlink
-from tortie.dataplane.ipip import TunnelAddr
 from tortie.dataplane.netlink import Link
 from tortie.dataplane.routes import KernelRoute
+from tortie.dataplane.tunnel import TunnelAddr
 from tortie.dataplane.vxlan import RemoteVTEP
 from tortie.datastore.memory import MemoryDatastore
 from tortie.datastore.resources import ResourceStore

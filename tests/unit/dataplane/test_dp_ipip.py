@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 
 from tortie.dataplane.fake_netlink import FakeNetlink
-from tortie.dataplane.ipip import (
-    IPIPError,
-    ensure_tunnel_address,
-    make_ipip_backend,
-    probe_kernel_ipip,
-    tunnel_interface,
-)
+from tortie.dataplane.ipip import IPIPError
 from tortie.dataplane.ipip_bpf import COUNTERS, BpfIPIP, Pins, default_bpf_objects
+from tortie.dataplane.ipip_choice import make_ipip_backend, probe_kernel_ipip
 from tortie.dataplane.ipip_kernel import KernelIPIP
 from tortie.dataplane.netlink import NetlinkError
+from tortie.dataplane.tunnel import ensure_tunnel_address, tunnel_interface
 
 NODE = IPv4Address("192.168.49.2")
 
