@@ -9,7 +9,7 @@ models; only other values need them.
 Invariants:
 - A document read here equals ``ResourceStore(store).get(...)``'s resource as
   ``to_document()`` (with ``metadata.resourceVersion`` the key's mod revision), for every value:
-  recognised ones directly, the others through :func:`~tortie.datastore.resources.decode_resource`.
+  recognised ones directly, the others through :func:`~tortie.datastore.decode.decode_resource`.
 - A value that is not a valid resource of its kind (bytes that are not JSON, a field out of
   range, a field written by a newer tortie) is reported as :class:`CorruptResourceError` with
   its key, as ``ResourceStore`` reports it: the models decide whatever is not recognised.
@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tortie.datastore.api import Datastore, DatastoreError, KeyValue, NotFoundError
+from tortie.datastore.api import Datastore, KeyValue
+from tortie.datastore.resource_errors import CorruptResourceError, ResourceNotFoundError
 from tortie.model.keys import kind_prefix, resource_key
 from tortie.model.stored import canonical, with_resource_version
 
@@ -35,22 +36,6 @@ __all__ = [
 ]
 
 
-class CorruptResourceError(DatastoreError):
-    def __init__(self, key: str, detail: str) -> None:
-        super().__init__(
-            f"{key}: stored resource is unreadable ({detail}); "
-            "fix or delete it with 'tortie delete' or the datastore's own tools"
-        )
-        self.key = key
-
-
-class ResourceNotFoundError(NotFoundError):
-    def __init__(self, kind: str, name: str, namespace: str | None) -> None:
-        where = f" in namespace {namespace}" if namespace else ""
-        DatastoreError.__init__(self, f"{kind} {name!r}{where} does not exist")
-        self.key = name
-
-
 def document_of(kind: str, kv: KeyValue) -> dict[str, Any]:
     """The stored value ``kv`` of a ``kind`` resource (exact spelling) as a document."""
     try:
@@ -60,7 +45,7 @@ def document_of(kind: str, kv: KeyValue) -> dict[str, Any]:
     if doc is not None:
         return with_resource_version(doc, str(kv.mod_revision))
     # Not as tortie writes it: the models decide (and pydantic is imported, ~0.1 s).
-    from tortie.datastore.resources import decode_resource
+    from tortie.datastore.decode import decode_resource
     from tortie.model.kinds import KIND_CLASSES
 
     return decode_resource(KIND_CLASSES[kind], kv).to_document()

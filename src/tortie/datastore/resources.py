@@ -49,8 +49,9 @@ from tortie.datastore.api import (
     Op,
     Put,
 )
-from tortie.datastore.documents import CorruptResourceError, ResourceNotFoundError
-from tortie.model.errors import ModelError, ValidationError
+from tortie.datastore.decode import decode_resource
+from tortie.datastore.resource_errors import CorruptResourceError, ResourceNotFoundError
+from tortie.model.errors import ValidationError
 from tortie.model.keys import key_for, kind_prefix, resource_key
 from tortie.model.resources import REDACTED, BGPPeer, IPPool, Resource, is_redacted
 from tortie.model.validation import check_pools, check_stored_size
@@ -297,21 +298,6 @@ class ResourceStore:
         raise ResourceConflictError(
             "the datastore kept changing while deleting; nothing was deleted, try again"
         )
-
-
-def decode_resource(model: type[R], kv: KeyValue) -> R:
-    """The resource ``kv`` holds, with its mod revision as resourceVersion; a value that is not
-    a valid ``model`` is a :class:`CorruptResourceError` naming its key."""
-    try:
-        doc = json.loads(kv.value)
-        res = model.from_document(doc)
-    except (ValueError, ModelError) as err:
-        raise CorruptResourceError(kv.key, str(err).splitlines()[0]) from err
-    except RecursionError:
-        # json.loads recurses per level: a value nested thousands deep (no writer of ours
-        # stores one; the loader refuses 100 levels) must not become a traceback.
-        raise CorruptResourceError(kv.key, "JSON nested too deep to read") from None
-    return res.with_metadata(resource_version=str(kv.mod_revision))
 
 
 def _text(value: object) -> str | None:
