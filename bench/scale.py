@@ -197,8 +197,8 @@ def make_cluster(
 def assign(cluster: Cluster, node: int, handle: str, count: int) -> list[Any]:
     """``count`` addresses for ``handle`` on ``node``; on exhaustion as many as one at a time
     can get (a failed multi-address assignment assigns nothing)."""
-    from tortie.ipam.client import pod_handle
     from tortie.ipam.errors import ExhaustedError
+    from tortie.model.naming import pod_handle
 
     if count <= 0:
         return []
@@ -238,7 +238,7 @@ def churn(cluster: Cluster, peak: int, keep: int, batch: int, seed: int) -> None
     start = time.perf_counter()
     for i in range(cluster.nodes):
         cluster.ipam.ensure_tunnel_address(node_name(i))
-    from tortie.ipam.client import pod_handle
+    from tortie.model.naming import pod_handle
 
     for i in range(cluster.nodes):
         handles = [f"{node_name(i)}-d{k}" for k in range(peak // batch)]

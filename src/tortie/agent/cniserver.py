@@ -66,8 +66,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from tortie.agent.wiring import (
-    GATEWAY,
-    HOST_MAC,
     Existing,
     InterfaceTakenError,
     NetnsRefusedError,
@@ -75,7 +73,6 @@ from tortie.agent.wiring import (
     PodLink,
     Wiring,
     WiringError,
-    host_ifname,
 )
 from tortie.dataplane.netns import NetnsRef
 from tortie.datastore.api import (
@@ -89,7 +86,7 @@ from tortie.datastore.api import (
 from tortie.datastore.factory import parse_url
 from tortie.datastore.resources import CorruptResourceError, ResourceConflictError, ResourceStore
 from tortie.errors import TortieError
-from tortie.ipam.client import IPAM, pod_handle
+from tortie.ipam.client import IPAM
 from tortie.ipam.errors import (
     AddressInUseError,
     AddressNotInPoolError,
@@ -112,6 +109,7 @@ from tortie.model.cniwire import (
 from tortie.model.errors import ModelError
 from tortie.model.ipam import ATTR_NAMESPACE, ATTR_NODE, ATTR_POD
 from tortie.model.keys import resource_key
+from tortie.model.naming import GATEWAY, HOST_MAC, host_ifname, pod_handle, pod_handle_prefix
 from tortie.model.resources import API_VERSION, WorkloadEndpoint, workload_endpoint_name
 
 log = logging.getLogger(__name__)
@@ -835,7 +833,7 @@ class CniServer:
                 and (cid, wep.spec.endpoint) not in valid
             ):
                 stale[(cid, wep.spec.endpoint)] = (wep.metadata.namespace, wep.spec.pod)
-        prefix = f"{req.network}."
+        prefix = pod_handle_prefix(req.network)
         for blk in self.ipam.store.blocks():
             for _ordinal, attr in blk.value.allocated():
                 handle = attr.handle_id or ""

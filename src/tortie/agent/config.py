@@ -23,10 +23,11 @@ from typing import Literal
 
 from tortie.dataplane.netlink import Netlink
 from tortie.errors import TortieError
+from tortie.model.naming import BPF_PIN_SUBDIR, ROUTE_PROTOCOL, RUN_DIR
 
 IPIPBackendMode = Literal["auto", "kernel", "bpf"]
 BpfAttachMode = Literal["auto", "tcx", "tc"]
-DEFAULT_RUN_DIR = Path("/run/tortie")
+DEFAULT_RUN_DIR = Path(RUN_DIR)
 # Interfaces that are never the node's address: ours, loopback, container plumbing.
 _SKIP_IFACES = re.compile(r"^(lo|cali.*|tunl\d*|vxlan\.calico|docker\d*|cni\d*|veth.*|virbr.*)$")
 
@@ -48,7 +49,7 @@ class AgentConfig:
     state_dir: Path | None = None  # default: /run/tortie/<node>
     bpf_object: Path | None = None
     bpf_attach: BpfAttachMode = "auto"  # tcx links (6.6+) or tc filters; auto: tcx if it can
-    route_protocol: int = 80
+    route_protocol: int = ROUTE_PROTOCOL
     resync_interval: float = 90.0  # Felix's route refresh interval
     # Watch the kernel (links, addresses, routes, our nft table) and repair at once; off: only
     # the periodic resync notices what someone else changed (docs/agent.md).
@@ -68,7 +69,7 @@ class AgentConfig:
 
     @property
     def pin_dir(self) -> Path:
-        return self.node_state_dir / "bpf"
+        return self.node_state_dir / BPF_PIN_SUBDIR
 
     @property
     def bgp_dir(self) -> Path:

@@ -19,8 +19,9 @@ Rules (Calico's, see the field notes section 7):
 - a local workload: ``<ip>/32 dev <cali...> scope link``, only if its interface has the workload
   prefix (Felix's InterfacePrefix: it programs routes only for interfaces matching it). An
   endpoint applied by hand with ``interfaceName: eth0`` would otherwise route a pod address
-  over the node's uplink; :func:`is_workload_interface` is the rule, and the agent applies it to
-  its nftables entries and interface sysctls too. Such endpoints are reported in ``ignored``.
+  over the node's uplink; :func:`tortie.model.naming.is_workload_interface` is the rule, and
+  the agent applies it to its nftables entries and interface sysctls too. Such endpoints are
+  reported in ``ignored``.
 
 Invariants: the result maps each destination to exactly one route (more specific entries are
 separate destinations); prefixes outside every pool are ignored (tortie only routes pod space);
@@ -36,7 +37,12 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
 
 from tortie.dataplane.routes import RouteSpec
-from tortie.dataplane.workload import WORKLOAD_PREFIX
+from tortie.model.naming import (
+    TUNNEL_DEVICE,
+    VXLAN_DEVICE,
+    WORKLOAD_PREFIX,
+    is_workload_interface,
+)
 
 Mode = Literal["Never", "CrossSubnet", "Always"]
 
@@ -53,8 +59,8 @@ class LocalNode:
     name: str
     address: IPv4Interface  # the uplink address with its prefix, e.g. 192.168.49.2/24
     uplink: str
-    tunnel_device: str = "tunl0"
-    vxlan_device: str = "vxlan.calico"
+    tunnel_device: str = TUNNEL_DEVICE
+    vxlan_device: str = VXLAN_DEVICE
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +90,6 @@ class DesiredRoutes:
     @property
     def specs(self) -> list[RouteSpec]:
         return list(self.routes.values())
-
-
-def is_workload_interface(name: str, prefix: str = WORKLOAD_PREFIX) -> bool:
-    """Whether the agent may manage ``name`` for a workload: the prefix and something after it
-    (the names tortie's CNI gives, ``cali`` + 11 hex). Never the uplink, ``tunl0``, ``lo``."""
-    return name.startswith(prefix) and len(name) > len(prefix)
 
 
 def ignored_reason(interface: str, prefix: str = WORKLOAD_PREFIX) -> str:

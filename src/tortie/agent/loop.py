@@ -57,7 +57,6 @@ from tortie.agent.desired import (
     Workload,
     compute_routes,
     ignored_reason,
-    is_workload_interface,
     tunnel_wanted,
     vxlan_wanted,
 )
@@ -76,6 +75,7 @@ from tortie.datastore.resources import ResourceStore
 from tortie.datastore.syncer import StatusChanged, Syncer, SyncEvent
 from tortie.errors import TortieError
 from tortie.ipam.client import IPAM
+from tortie.model.naming import is_workload_interface
 from tortie.model.resources import WorkloadEndpoint
 
 log = logging.getLogger(__name__)
@@ -517,7 +517,7 @@ class NodeAgent:
 
     def _local_workloads(self) -> list[WorkloadEndpoint]:
         """This node's endpoints whose interface is ours to manage (routes, nftables entries,
-        sysctls: :func:`tortie.agent.desired.is_workload_interface`, Felix's InterfacePrefix).
+        sysctls: :func:`tortie.model.naming.is_workload_interface`, Felix's InterfacePrefix).
         The others are ignored: logged once each, counted in the status and a gauge."""
         managed: list[WorkloadEndpoint] = []
         ignored: dict[str, str] = {}

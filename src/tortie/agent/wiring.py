@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import ipaddress
 import os
 from collections.abc import Callable, Iterator
@@ -66,35 +65,17 @@ from tortie.dataplane.netns import (
     read_sysctls,
     run_in_netns,
 )
-from tortie.dataplane.workload import (
-    WORKLOAD_PREFIX,
-    configure_workload_interface,
-    workload_sysctls,
-)
+from tortie.dataplane.workload import configure_workload_interface, workload_sysctls
+from tortie.model.naming import GATEWAY, HOST_MAC
 
 T = TypeVar("T")
 
-HOST_MAC = "ee:ee:ee:ee:ee:ee"
-GATEWAY = "169.254.1.1"
 RTPROT_BOOT = 3
 SCOPE_LINK = 253
 MAIN_TABLE = 254
 IFF_UP = 0x1
-DEFAULT_IFNAME = "eth0"
 NSID_NOT_ASSIGNED = 0xFFFFFFFF  # NETNSA_NSID_NOT_ASSIGNED (-1) as pyroute2 decodes it
 INIT_NETNS = "/proc/1/ns/net"  # the machine's own namespace (PID 1's), when visible
-
-
-def host_ifname(container_id: str, ifname: str, pod_namespace: str | None, pod: str | None) -> str:
-    """The host side's name: ``cali`` + 11 hex of sha1("<namespace>.<pod>") (Calico's rule).
-
-    Without a pod name the hash is of the container ID. An interface other than ``eth0``
-    (a second attachment of one pod) hashes ``.<ifname>`` too, so the two cannot collide.
-    """
-    basis = f"{pod_namespace or 'default'}.{pod}" if pod else container_id
-    if ifname != DEFAULT_IFNAME:
-        basis += f".{ifname}"
-    return WORKLOAD_PREFIX + hashlib.sha1(basis.encode()).hexdigest()[:11]
 
 
 class WiringError(Exception):

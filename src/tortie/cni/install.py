@@ -35,9 +35,10 @@ from typing import Any
 
 from tortie.cni.spec import SUPPORTED_VERSIONS, CniError
 from tortie.errors import TortieError
+from tortie.model.naming import DEFAULT_POD_NETWORK
 
 CONFLIST_NAME = "10-tortie.conflist"
-NETWORK_NAME = "k8s-pod-network"
+NETWORK_NAME = DEFAULT_POD_NETWORK
 DEFAULT_CNI_VERSION = "1.0.0"
 PLUGIN_NAME = "tortie"
 IPAM_PLUGIN_NAME = "tortie-ipam"

@@ -127,7 +127,8 @@ def _serve(
     prev = canonical_result(config.get("prevResult")) if command == "CHECK" else None
 
     from tortie.datastore.factory import open_datastore
-    from tortie.ipam.client import IPAM, pod_handle
+    from tortie.ipam.client import IPAM
+    from tortie.model.naming import pod_handle
 
     try:
         store = open_datastore(url)

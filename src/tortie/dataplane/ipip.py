@@ -24,7 +24,6 @@ from typing import Literal, Protocol
 
 from tortie.dataplane.tunnel import TunnelAddr
 
-TUNNEL_DEVICE = "tunl0"
 IPIP_OVERHEAD = 20
 BackendMode = Literal["auto", "kernel", "bpf"]
 

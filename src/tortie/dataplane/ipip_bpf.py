@@ -60,10 +60,11 @@ from typing import Literal
 
 from tortie.dataplane import bpffs, tc, tcx
 from tortie.dataplane.bpfsys import PinnedMap, prog_id
-from tortie.dataplane.ipip import TUNNEL_DEVICE, IPIPError
+from tortie.dataplane.ipip import IPIPError
 from tortie.dataplane.netlink import Link, Netlink
 from tortie.dataplane.netns import NetnsRef, ensure_sysctls
 from tortie.dataplane.tunnel import TunnelAddr, ensure_tunnel_address
+from tortie.model.naming import BPF_PROGRAM_DIR_PREFIX, TCX_LINK_PREFIX, TUNNEL_DEVICE
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,6 @@ OBJECT_ENV = "TORTIE_BPF_OBJECT"
 OBJECTS = ("ipip.o", "ipip-compat.o")  # preference order, as bpf/Makefile builds them
 AttachMode = Literal["auto", "tcx", "tc"]
 ATTACH_MODES: tuple[AttachMode, ...] = ("auto", "tcx", "tc")
-TCX_LINK_PREFIX = "tcx-"  # <pin_dir>/tcx-<program>: the pinned tcx link of that program
 
 
 def default_bpf_objects() -> tuple[Path, ...]:
@@ -245,7 +245,7 @@ class BpfIPIP:
                 digest = self._digest(obj)
             except FileNotFoundError:
                 continue
-            found.append((obj, Pins(self.pin_dir / f"ipip-{digest}")))
+            found.append((obj, Pins(self.pin_dir / f"{BPF_PROGRAM_DIR_PREFIX}{digest}")))
         if not found:
             raise IPIPError(f"BPF object {self.bpf_objects[0]} missing: run `make -C bpf`")
         return found
@@ -290,7 +290,9 @@ class BpfIPIP:
 
     def _older_versions(self, current: Pins) -> list[Pins]:
         return [
-            Pins(p) for p in sorted(self.pin_dir.glob("ipip-*")) if p.is_dir() and p != current.dir
+            Pins(p)
+            for p in sorted(self.pin_dir.glob(f"{BPF_PROGRAM_DIR_PREFIX}*"))
+            if p.is_dir() and p != current.dir
         ]
 
     def _inherit_allowlist(self, pins: Pins) -> list[str]:
@@ -449,7 +451,7 @@ class BpfIPIP:
             self.netlink.delete_link(self.device)  # takes the peer and the egress filter along
             changes.append(f"deleted {self.device}")
         if self.pin_dir.exists() and bpffs.is_bpffs(self.pin_dir):
-            for old in self.pin_dir.glob("ipip-*"):
+            for old in self.pin_dir.glob(f"{BPF_PROGRAM_DIR_PREFIX}*"):
                 _unpin(old)
                 changes.append(f"unpinned {old.name}")
         self._pins = None

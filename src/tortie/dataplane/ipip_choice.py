@@ -24,9 +24,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Literal
 
-from tortie.dataplane.ipip import TUNNEL_DEVICE, BackendMode, IPIPBackend
+from tortie.dataplane.ipip import BackendMode, IPIPBackend
 from tortie.dataplane.netlink import Netlink, NetlinkError
 from tortie.dataplane.netns import NetnsRef
+from tortie.model.naming import TUNNEL_DEVICE
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ import errno
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
-from tortie.dataplane.ipip import TUNNEL_DEVICE, IPIPError
+from tortie.dataplane.ipip import IPIPError
 from tortie.dataplane.netlink import Link, Netlink, NetlinkError
 from tortie.dataplane.tunnel import TunnelAddr, ensure_tunnel_address
+from tortie.model.naming import TUNNEL_DEVICE
 
 
 class KernelIPIP:

@@ -80,13 +80,13 @@ from typing import Any
 
 from tortie.dataplane.netns import NetnsRef
 from tortie.dataplane.nft_exec import JsonObject, NftError, NftExecutor, make_executor
+from tortie.model.naming import NFT_TABLE, WORKLOAD_PREFIX
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TABLE = "tortie"
+DEFAULT_TABLE = NFT_TABLE
 DEFAULT_FAMILY = "inet"
 VXLAN_PORT = 4789
-WORKLOAD_PREFIX = "cali"
 
 SET_NODE_IPS = "node_ips"
 SET_POOLS = "pool_cidrs"

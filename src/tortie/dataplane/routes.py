@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal
 
-DEFAULT_PROTO = 80
+from tortie.model.naming import ROUTE_PROTOCOL
+
+DEFAULT_PROTO = ROUTE_PROTOCOL
 MAIN_TABLE = 254
 
 

@@ -55,6 +55,7 @@ from tortie.dataplane.routes import (
     RouteType,
     Scope,
 )
+from tortie.model.naming import WORKLOAD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class RouteTable:
         *,
         table: int = MAIN_TABLE,
         proto: int = DEFAULT_PROTO,
-        owned_iface_prefixes: Iterable[str] = ("cali",),
+        owned_iface_prefixes: Iterable[str] = (WORKLOAD_PREFIX,),
         cni_grace_period: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

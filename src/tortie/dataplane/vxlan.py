@@ -46,10 +46,10 @@ from ipaddress import IPv4Address
 
 from tortie.dataplane.netlink import Link, Netlink, NetlinkError, VXLANAttrs
 from tortie.dataplane.tunnel import TunnelAddr, ensure_tunnel_address
+from tortie.model.naming import VXLAN_DEVICE
 
 log = logging.getLogger(__name__)
 
-VXLAN_DEVICE = "vxlan.calico"
 VXLAN_VNI = 4096
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14

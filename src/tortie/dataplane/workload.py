@@ -25,8 +25,6 @@ from __future__ import annotations
 from tortie.dataplane.netlink import Netlink
 from tortie.dataplane.netns import NetnsRef, ensure_sysctls
 
-WORKLOAD_PREFIX = "cali"
-
 
 def workload_sysctls(ifname: str, *, allow_spoofing: bool = False) -> dict[str, str]:
     """The sysctls (path form) a workload interface must have."""

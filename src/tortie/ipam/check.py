@@ -56,10 +56,10 @@ from tortie.model.ipam import (
     IPNetwork,
     host_affinity,
 )
+from tortie.model.naming import IPIP_TUNNEL_HANDLE_PREFIX, VXLAN_TUNNEL_HANDLE_PREFIX
 from tortie.model.resources import IPPool, Node, WorkloadEndpoint
 
-TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
-VXLAN_TUNNEL_HANDLE_PREFIX = "vxlan-tunnel-addr-"
+TUNNEL_HANDLE_PREFIX = IPIP_TUNNEL_HANDLE_PREFIX
 _TUNNEL_TYPES = {
     TYPE_IPIP_TUNNEL: TUNNEL_HANDLE_PREFIX,
     TYPE_VXLAN_TUNNEL: VXLAN_TUNNEL_HANDLE_PREFIX,

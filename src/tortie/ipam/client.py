@@ -27,12 +27,7 @@ from typing import Literal
 from tortie.datastore.api import Datastore
 from tortie.ipam.affinity import AffinityManager
 from tortie.ipam.assign import Allocation, Assigner
-from tortie.ipam.check import (
-    TUNNEL_HANDLE_PREFIX,
-    VXLAN_TUNNEL_HANDLE_PREFIX,
-    Checker,
-    CheckReport,
-)
+from tortie.ipam.check import Checker, CheckReport
 from tortie.ipam.clock import Clock, SystemClock
 from tortie.ipam.errors import InvalidRequestError, NoPoolsError
 from tortie.ipam.gc import DEFAULT_GRACE_SECONDS, Collector, GCResult
@@ -51,21 +46,17 @@ from tortie.model.ipam import (
     IPAddress,
     IPNetwork,
 )
-
-DEFAULT_POD_NETWORK = "k8s-pod-network"
-
-
-def pod_handle(container_id: str, network: str = DEFAULT_POD_NETWORK) -> str:
-    """Calico's handle for a pod's addresses: ``<network>.<containerID>``."""
-    return f"{network}.{container_id}"
-
+from tortie.model.naming import (
+    IPIP_TUNNEL_HANDLE_PREFIX,
+    VXLAN_TUNNEL_HANDLE_PREFIX,
+)
 
 TunnelKind = Literal["ipip", "vxlan"]
 
 
 def tunnel_handle(node: str, kind: TunnelKind = "ipip") -> str:
     """``ipip-tunnel-addr-<node>`` or ``vxlan-tunnel-addr-<node>`` (Calico's handles)."""
-    prefix = TUNNEL_HANDLE_PREFIX if kind == "ipip" else VXLAN_TUNNEL_HANDLE_PREFIX
+    prefix = IPIP_TUNNEL_HANDLE_PREFIX if kind == "ipip" else VXLAN_TUNNEL_HANDLE_PREFIX
     return f"{prefix}{node}"
 
 

@@ -31,9 +31,10 @@ from typing import Any, TypeVar
 from tortie.datastore.api import Datastore
 from tortie.datastore.factory import open_datastore
 from tortie.datastore.resources import ResourceStore
-from tortie.ipam.client import IPAM, pod_handle
+from tortie.ipam.client import IPAM
 from tortie.ipam.errors import ExhaustedError
 from tortie.model.ipam import ATTR_NAMESPACE, ATTR_POD, IPAddress, host_affinity
+from tortie.model.naming import pod_handle
 from tortie.model.resources import IPPool, Node, WorkloadEndpoint, workload_endpoint_name
 
 S = TypeVar("S")

@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from tortie.lab.errors import LabOptionError
@@ -27,7 +26,6 @@ LAB_PREFIX = "tl"
 MAX_LAB_ID = 999
 MAX_NAME_LEN = 24
 IFNAME_MAX = 15
-CALICO_PREFIX = "cali"
 # A lab name is a DNS label, short: it names a directory and appears in messages.
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
@@ -64,9 +62,3 @@ def check_ifname(name: str) -> str:
     if not 0 < len(name.encode()) <= IFNAME_MAX or "/" in name or any(c.isspace() for c in name):
         raise LabOptionError(f"interface name {name!r} is not valid (1..{IFNAME_MAX} bytes)")
     return name
-
-
-def calico_ifname(k8s_namespace: str, pod: str) -> str:
-    """Calico's host-side veth name: ``cali`` + the first 11 hex of sha1("<ns>.<pod>")."""
-    digest = hashlib.sha1(f"{k8s_namespace}.{pod}".encode()).hexdigest()
-    return CALICO_PREFIX + digest[:11]

@@ -28,9 +28,7 @@ from tortie.lab.kernel import HostKernel, Kernel
 from tortie.lab.state import LinkRecord
 from tortie.lab.steps import IpStep, Step, SysctlStep, run_steps, shell_lines
 from tortie.lab.topology import NodeSpec, PodSpec, Topology
-
-GATEWAY = "169.254.1.1"
-HOST_MAC = "ee:ee:ee:ee:ee:ee"
+from tortie.model.naming import GATEWAY, HOST_MAC
 
 
 def pod_steps(

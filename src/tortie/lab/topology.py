@@ -40,7 +40,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Literal, get_args
 
 from tortie.lab.errors import LabOptionError, UnknownTargetError
-from tortie.lab.naming import calico_ifname, check_ifname, check_lab_name, lab_prefix
+from tortie.lab.naming import check_ifname, check_lab_name, lab_prefix
+from tortie.model.naming import host_ifname
 
 Mode = Literal["ipip", "bgp", "crosssubnet", "vxlan"]
 PodWiringMode = Literal["cni", "manual"]
@@ -370,7 +371,8 @@ def build_topology(options: LabOptions, lab_id: int) -> Topology:
                     node=node.name,
                     k8s_namespace=K8S_NAMESPACE,
                     ifname=POD_IFNAME,
-                    host_ifname=calico_ifname(K8S_NAMESPACE, f"pod{k}"),
+                    # The CNI server's name for it (a named pod's needs no container ID).
+                    host_ifname=host_ifname("", POD_IFNAME, K8S_NAMESPACE, f"pod{k}"),
                     manual_ip=node.manual_block.network_address + j,
                 )
             )

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import _json  # the C half of the json module: see loads()
 
+from tortie.model.naming import RUN_DIR
+
 # typing is not imported at run time (import cost on the plugin's fast path); mypy treats
 # any name TYPE_CHECKING as true.
 TYPE_CHECKING = False
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 1 << 20  # 1 MiB: a CNI config with a long valid-attachments list fits easily
 
-RUN_DIR = "/run/tortie"
 SOCKET_NAME = "cni.sock"
 # The conflist key (in tortie's plugin entry) that overrides the socket path.
 SOCKET_CONFIG_KEY = "agent_socket"

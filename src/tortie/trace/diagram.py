@@ -28,12 +28,13 @@ from pathlib import Path
 
 from tortie.lab.errors import LabError
 from tortie.lab.ops import Lab
+from tortie.model.naming import ROUTE_PROTOCOL, TUNNEL_DEVICE
 from tortie.trace.kernel import KernelView
 from tortie.trace.model import Place
 from tortie.trace.parse import LinkInfo, Route, parse_addresses, parse_links, parse_routes
 from tortie.trace.places import lab_places, lab_view
 
-AGENT_PROTO = "80"
+AGENT_PROTO = str(ROUTE_PROTOCOL)
 FORMATS = ("svg", "png", "dot")
 TUNNEL_KINDS = ("ipip", "vxlan")
 # Route colours: the seed's two modes at a glance (tunnel vs native), VXLAN apart.
@@ -111,7 +112,7 @@ def _node_picture(view: KernelView, place: Place, subnet: int, pods: list[Place]
     tunnels = [
         _tunnel_text(link)
         for link in links.values()
-        if link.kind in TUNNEL_KINDS or link.name == "tunl0"
+        if link.kind in TUNNEL_KINDS or link.name == TUNNEL_DEVICE
     ]
     pod_devs = {p.host_ifname for p in pods}
     return NodePicture(
@@ -174,7 +175,7 @@ def _e(text: str) -> str:
 
 
 def _route_colour(route: Route, tunnels: tuple[str, ...]) -> str:
-    if route.dev == "tunl0":
+    if route.dev == TUNNEL_DEVICE:
         return COLOUR_IPIP
     if any(t.startswith(f"{route.dev}: VXLAN") for t in tunnels):
         return COLOUR_VXLAN

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tortie.model.naming import TUNNEL_DEVICE, WORKLOAD_PREFIX
 from tortie.trace.kernel import Lookup
 from tortie.trace.model import Hop, Masquerade, Outcome, Packet, Place, Step
 
-TUNL0 = "tunl0"
-CALI_PREFIX = "cali"  # the anti-spoofing rule's iifname "cali*"
+TUNL0 = TUNNEL_DEVICE
+CALI_PREFIX = WORKLOAD_PREFIX  # the anti-spoofing rule's iifname "cali*"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tortie.model.naming import NFT_TABLE
 from tortie.trace.model import Evidence, Place
 from tortie.trace.parse import (
     LinkInfo,
@@ -51,7 +52,6 @@ from tortie.trace.parse import (
 )
 
 NFT_FAMILY = "inet"
-NFT_TABLE = "tortie"
 ALLOWLIST_MAP = "ipip_allow"
 DECAP_PROGRAM = "ipip_decap"
 ENCAP_PROGRAM = "ipip_encap"

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from tortie.agent.cniserver import CniServer
-from tortie.agent.wiring import host_ifname
 from tortie.cni import install
 from tortie.datastore.api import Datastore
 from tortie.datastore.factory import open_datastore
 from tortie.datastore.resources import ResourceStore
 from tortie.ipam.client import IPAM
+from tortie.model.naming import host_ifname
 from tortie.model.resources import IPPool, WorkloadEndpoint
 
 NETWORK = "k8s-pod-network"

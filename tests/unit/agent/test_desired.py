@@ -10,10 +10,10 @@ from tortie.agent.desired import (
     RemotePrefix,
     Workload,
     compute_routes,
-    is_workload_interface,
     tunnel_wanted,
 )
 from tortie.dataplane.routes import RouteSpec, RouteType
+from tortie.model.naming import is_workload_interface
 
 LOCAL = LocalNode("node1", IPv4Interface("192.168.49.2/24"), uplink="eth0")
 SAME_SUBNET = IPv4Address("192.168.49.3")

@@ -8,7 +8,7 @@ import pytest
 from ipam_helpers import Cluster
 
 from tortie.datastore.memory import MemoryDatastore
-from tortie.ipam.client import IPAM, pod_handle
+from tortie.ipam.client import IPAM
 from tortie.ipam.clock import ManualClock
 from tortie.ipam.errors import (
     AddressInUseError,
@@ -19,6 +19,7 @@ from tortie.ipam.errors import (
     PoolNotFoundError,
 )
 from tortie.model.ipam import handles_prefix
+from tortie.model.naming import pod_handle
 
 pytestmark = pytest.mark.unit
 

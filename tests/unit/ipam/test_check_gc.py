@@ -9,7 +9,7 @@ from ipam_helpers import Cluster
 
 from tortie.datastore.memory import MemoryDatastore
 from tortie.ipam.check import CheckReport, ProblemKind
-from tortie.ipam.client import IPAM, pod_handle
+from tortie.ipam.client import IPAM
 from tortie.ipam.clock import ManualClock
 from tortie.ipam.errors import IPAMError
 from tortie.model.ipam import (
@@ -21,6 +21,7 @@ from tortie.model.ipam import (
     block_key,
     handle_key,
 )
+from tortie.model.naming import pod_handle
 
 pytestmark = pytest.mark.unit
 
