@@ -18,7 +18,7 @@ from __future__ import annotations
 # plugin process ~4 ms, and we need none of it.
 import _socket
 
-from tortie.cni.spec import CniError
+from tortie.model.cnierrors import CniError
 from tortie.model.cniwire import (
     MAX_MESSAGE,
     CniRequest,

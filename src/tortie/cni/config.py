@@ -30,7 +30,8 @@ from __future__ import annotations
 import os
 
 from tortie.cni.invocation import Invocation
-from tortie.cni.spec import CniError, canonical_result, get_ci
+from tortie.cni.spec import canonical_result, get_ci
+from tortie.model.cnierrors import CniError
 from tortie.model.cniwire import (
     SOCKET_CONFIG_KEY,
     Attachment,

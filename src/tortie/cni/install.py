@@ -33,8 +33,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from tortie.cni.spec import SUPPORTED_VERSIONS, CniError
+from tortie.cni.spec import SUPPORTED_VERSIONS
 from tortie.errors import TortieError
+from tortie.model.cnierrors import CniError
 from tortie.model.naming import DEFAULT_POD_NETWORK
 
 CONFLIST_NAME = "10-tortie.conflist"

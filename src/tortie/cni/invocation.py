@@ -28,13 +28,13 @@ import os
 from tortie.cni.spec import (
     LATEST_VERSION,
     SUPPORTED_VERSIONS,
-    CniError,
     check_container_id,
     check_ifname,
     check_network_name,
     check_version,
     parse_cni_args,
 )
+from tortie.model.cnierrors import CniError
 from tortie.model.cniwire import MAX_MESSAGE, Code, dumps, loads
 from tortie.model.nesting import MAX_DEPTH, NestingError, json_too_deep
 

@@ -40,7 +40,8 @@ from tortie.cni.invocation import (
     read_stdin,
     reported_version,
 )
-from tortie.cni.spec import CniError, canonical_result, shape_result
+from tortie.cni.spec import canonical_result, shape_result
+from tortie.model.cnierrors import CniError, failure_of
 from tortie.model.cniwire import Code
 
 DATASTORE_ENV = "TORTIE_DATASTORE"
@@ -60,23 +61,8 @@ def _setting(config: Mapping[str, Any], key: str) -> Any:
 
 
 def _code_for(exc: Exception) -> CniError:
-    """IPAM and datastore errors as CNI errors (the same mapping as the agent's)."""
-    from tortie.datastore.api import DatastoreError
-    from tortie.ipam import errors
-
-    if isinstance(
-        exc,
-        errors.ExhaustedError
-        | errors.NoPoolsError
-        | errors.AddressInUseError
-        | errors.AddressNotInPoolError,
-    ):
-        return CniError(Code.NO_ADDRESS, f"no address: {exc}")
-    if isinstance(exc, errors.PoolNotFoundError | errors.InvalidRequestError):
-        return CniError(Code.INVALID_NETWORK_CONFIG, str(exc))
-    if isinstance(exc, errors.TooManyConflictsError | DatastoreError):
-        return CniError(Code.TRY_AGAIN_LATER, str(exc))
-    return CniError(Code.INTERNAL, f"internal error in tortie-ipam: {exc!r}")
+    """IPAM and datastore errors as CNI errors: the agent's mapping (by type)."""
+    return failure_of(exc, "tortie-ipam")
 
 
 def run(environ: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:

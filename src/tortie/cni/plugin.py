@@ -31,7 +31,8 @@ from tortie.cni.invocation import (
     read_stdin,
     reported_version,
 )
-from tortie.cni.spec import CniError, merge_results, shape_result
+from tortie.cni.spec import merge_results, shape_result
+from tortie.model.cnierrors import CniError
 from tortie.model.cniwire import Code, dumps
 
 TYPE_CHECKING = False

@@ -21,7 +21,8 @@ addresses).
 
 from __future__ import annotations
 
-from tortie.model.cniwire import Code, dumps
+from tortie.model.cnierrors import CniError
+from tortie.model.cniwire import Code
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,22 +43,6 @@ def _is_id(text: str) -> bool:
 
 
 IFNAME_MAX = 15
-
-
-class CniError(Exception):
-    """A failure reported to the runtime as spec error JSON on stdout (non-zero exit)."""
-
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.details = details
-
-    def to_json(self, cni_version: str) -> str:
-        doc: dict[str, Any] = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
-        if self.details:
-            doc["details"] = self.details
-        return dumps(doc)
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:

@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _install_cni(args: argparse.Namespace) -> int:
     from tortie.cni import install
     from tortie.cni.config import environment_node
-    from tortie.cni.spec import CniError
+    from tortie.model.cnierrors import CniError
 
     datastore = args.cni_datastore or datastore_url(args)
     try:

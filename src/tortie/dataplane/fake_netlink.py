@@ -18,6 +18,14 @@ a test changes the fake kernel, then hands the matching facts to the agent with
 :meth:`FakeMonitor.emit` (:meth:`FakeNetlink.link_change` builds a link's). Like Linux, the
 fake kernel itself announces nothing: setting a link down flushes its routes silently.
 
+Pods (:mod:`tortie.dataplane.fake_netns` ties several fake namespaces together): a veth's ends
+know each other (:attr:`Link.peer_index`, and :attr:`Link.peer_netnsid` when the peer is in
+another namespace, whose id is assigned both ways when such a veth is made, as Linux does);
+deleting either end deletes both, and the routes through them. Each interface has the sysctls
+a workload interface needs (:attr:`sysctls`, path form), from its creation to its deletion.
+``route_get`` is a longest-prefix match on the main table. Hook: :attr:`fail_calls` (method
+name -> errno: every such call fails, e.g. ``{"add_addr": errno.EACCES}``).
+
 VXLAN: devices keep their settings (:attr:`vxlan`); FDB and neighbour entries are kept per
 ifindex, so deleting a device takes its entries with it, as in Linux. ``replace_fdb`` replaces
 the first remote of a MAC, as the kernel does. Hooks: :attr:`fdb`, :attr:`neighbours` (edit
@@ -28,7 +36,8 @@ from __future__ import annotations
 
 import errno
 import itertools
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -41,7 +50,7 @@ from tortie.dataplane.netlink import (
     SingleRouteOps,
     VXLANAttrs,
 )
-from tortie.dataplane.netns import NetnsRef
+from tortie.dataplane.netns import NetnsId, NetnsRef
 from tortie.dataplane.routes import KernelRoute, RouteOp
 
 RouteKey = tuple[int, IPv4Network, int, int]
@@ -68,6 +77,14 @@ class FakeNetlink(SingleRouteOps):
         self.fdb: dict[int, dict[str, list[IPv4Address]]] = {}  # ifindex -> mac -> dsts
         self.neighbours: dict[int, dict[IPv4Address, Neighbour]] = {}  # ifindex -> ip -> entry
         self.fail_fdb: dict[str, int] = {}
+        self.fail_calls: dict[str, int] = {}
+        self.sysctls: dict[str, str] = {}
+        # Set by FakeNamespaces: who this namespace is, how to find another by reference, and
+        # the ids this namespace has for others (RTM_GETNSID).
+        self.identity: NetnsId | None = None
+        self.resolve: Callable[[NetnsRef], FakeNetlink] | None = None
+        self.nsids: dict[NetnsId, int] = {}
+        self.veth_peers: dict[str, tuple[FakeNetlink, str]] = {}  # our end -> (its netns, name)
         self._add_link(Link(index=1, name="lo", kind=None, mtu=65536, up=True, noarp=True))
 
     # -- test helpers ---------------------------------------------------------------------
@@ -75,7 +92,34 @@ class FakeNetlink(SingleRouteOps):
     def _add_link(self, link: Link) -> Link:
         self.links[link.name] = link
         self.addrs.setdefault(link.name, [])
+        for key in ("proxy_arp", "forwarding", "route_localnet", "rp_filter"):
+            self.sysctls.setdefault(f"net/ipv4/conf/{link.name}/{key}", "0")
+        self.sysctls.setdefault(f"net/ipv4/neigh/{link.name}/proxy_delay", "80")
         return link
+
+    def _fail(self, call: str) -> None:
+        code = self.fail_calls.get(call)
+        if code:
+            raise NetlinkError(code, f"{call} failed (test)")
+
+    def _remove_link(self, name: str) -> None:
+        """The interface goes, with its routes, addresses and sysctls, and its veth peer."""
+        link = self.links.pop(name)
+        self._flush_routes_via(link.index)
+        self.addrs.pop(name, None)
+        for key in [k for k in self.sysctls if f"/{name}/" in k]:
+            del self.sysctls[key]
+        peer = self.veth_peers.pop(name, None)
+        if peer is not None:
+            other, other_name = peer
+            other.veth_peers.pop(other_name, None)
+            if other_name in other.links:
+                other._remove_link(other_name)
+
+    def nsid_for(self, identity: NetnsId) -> int:
+        """The id this namespace has for ``identity``, assigned on first use (as Linux assigns
+        one when a veth pairs the two)."""
+        return self.nsids.setdefault(identity, len(self.nsids))
 
     def add_link(
         self, name: str, *, kind: str | None = "veth", up: bool = True, mtu: int = 1500
@@ -164,14 +208,43 @@ class FakeNetlink(SingleRouteOps):
         return link
 
     def create_veth(
-        self, name: str, peer: str, *, peer_netns: NetnsRef = None, mtu: int | None = None
+        self,
+        name: str,
+        peer: str,
+        *,
+        peer_netns: NetnsRef = None,
+        mtu: int | None = None,
+        mac: str | None = None,
     ) -> None:
         self.link_ops.append(("create_veth", name, peer))
-        if name in self.links or (peer_netns is None and peer in self.links):
+        self._fail("create_veth")
+        other = self
+        if peer_netns is not None:
+            if self.resolve is None:
+                raise NetlinkError(errno.EINVAL, "no other namespaces in this fake")
+            other = self.resolve(peer_netns)
+        if name in self.links or peer in other.links or (other is self and name == peer):
             raise NetlinkError(errno.EEXIST)
-        self.add_link(name, up=False, mtu=mtu or 1500)
-        if peer_netns is None:
-            self.add_link(peer, up=False, mtu=mtu or 1500)
+        ours = self.add_link(name, up=False, mtu=mtu or 1500)
+        theirs = other.add_link(peer, up=False, mtu=mtu or 1500)
+        ours_nsid = theirs_nsid = None
+        if other is not self:
+            assert self.identity is not None and other.identity is not None
+            ours_nsid, theirs_nsid = self.nsid_for(other.identity), other.nsid_for(self.identity)
+        self.links[name] = replace(
+            ours,
+            mac=mac or f"02:00:00:00:{ours.index // 256 % 256:02x}:{ours.index % 256:02x}",
+            peer_index=theirs.index,
+            peer_netnsid=ours_nsid,
+        )
+        other.links[peer] = replace(
+            theirs,
+            mac=f"02:00:00:01:{theirs.index // 256 % 256:02x}:{theirs.index % 256:02x}",
+            peer_index=ours.index,
+            peer_netnsid=theirs_nsid,
+        )
+        self.veth_peers[name] = (other, peer)
+        other.veth_peers[peer] = (self, name)
 
     def create_ipip(self, name: str) -> None:
         self.link_ops.append(("create_ipip", name))
@@ -183,10 +256,29 @@ class FakeNetlink(SingleRouteOps):
 
     def delete_link(self, name: str) -> None:
         self.link_ops.append(("delete_link", name))
-        link = self._need(name)
-        self._flush_routes_via(link.index)
-        del self.links[name]
-        self.addrs.pop(name, None)
+        self._need(name)
+        self._remove_link(name)
+
+    def delete_link_index(self, index: int) -> None:
+        link = self._by_index(index)
+        self.link_ops.append(("delete_link_index", str(index)))
+        self._fail("delete_link_index")
+        if link is None:
+            raise NetlinkError(errno.ENODEV)
+        self._remove_link(link.name)
+
+    def get_link_by_index(self, index: int) -> Link | None:
+        return self._by_index(index)
+
+    def route_get(self, dst: IPv4Address) -> KernelRoute | None:
+        matches = [r for r in self.routes.values() if r.table == 254 and dst in r.dst]
+        if not matches:
+            return None
+        return max(matches, key=lambda r: (r.dst.prefixlen, -r.metric))
+
+    def netnsid(self, netns_fd: int) -> int | None:
+        st = os.fstat(netns_fd)
+        return self.nsids.get((st.st_dev, st.st_ino))
 
     def set_link(
         self,
@@ -198,6 +290,7 @@ class FakeNetlink(SingleRouteOps):
     ) -> None:
         link = self._need(name)
         self.link_ops.append(("set_link", name, f"up={up} mtu={mtu} arp={arp}"))
+        self._fail("set_link")
         new = replace(
             link,
             up=link.up if up is None else up,
@@ -217,6 +310,7 @@ class FakeNetlink(SingleRouteOps):
     def add_addr(self, name: str, addr: IPv4Interface) -> None:
         self._need(name)
         self.link_ops.append(("add_addr", name, str(addr)))
+        self._fail("add_addr")
         if any(a.ip == addr.ip for a in self.addrs[name]):
             raise NetlinkError(errno.EEXIST)
         self.addrs[name].append(addr)
@@ -304,6 +398,29 @@ class FakeNetlink(SingleRouteOps):
         self.link_ops.append(("del_neighbour", name, str(ip)))
         if self.neighbours.get(link.index, {}).pop(ip, None) is None:
             raise NetlinkError(errno.ENOENT)
+
+    # -- sysctls ---------------------------------------------------------------------------
+
+    def read_sysctls(self, keys: Sequence[str]) -> dict[str, str]:
+        missing = [k for k in keys if k not in self.sysctls]
+        if missing:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", missing[0])
+        return {k: self.sysctls[k] for k in keys}
+
+    def ensure_sysctls(self, values: Mapping[str, str], *, missing_ok: bool = False) -> list[str]:
+        code = self.fail_calls.get("ensure_sysctls")
+        if code:
+            raise OSError(code, os.strerror(code))
+        written = []
+        for key, value in values.items():
+            if key not in self.sysctls:
+                if missing_ok:
+                    continue
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", key)
+            if self.sysctls[key] != value:
+                self.sysctls[key] = value
+                written.append(key)
+        return written
 
     def close(self) -> None:
         self.closed = True

@@ -1,27 +1,33 @@
 """The real :class:`~tortie.dataplane.netlink.Netlink`: one network namespace of this kernel.
 
-Problem: routes are hot (10,000 per resync) and links/addresses are cold (a few per pod), and
-the CNI plugin may import dataplane helpers on its per-pod fast path. So routes and all reads
-use the stdlib :class:`~tortie.dataplane.rtnl.RtnlSocket`; link and address changes use pyroute2
-(nested veth/peer-netns messages), imported on first use only (its import alone costs about
-0.2 s).
+Problem: routes are hot (10,000 per resync), links and addresses are cold but on the CNI
+server's per-pod path, in namespaces that are not the caller's. So routes, reads, links,
+addresses and netns ids use the stdlib :class:`~tortie.dataplane.rtnl.RtnlSocket` (a socket
+opened inside the namespace works there from any thread, :mod:`tortie.dataplane.rtnl_link`);
+vxlan devices, FDB and neighbour entries (per node joining or leaving) use pyroute2, imported
+on first use only (its import alone costs about 0.2 s). :class:`KernelNamespaces` is the
+:class:`~tortie.dataplane.netlink.Namespaces` of this machine.
 
 Invariants: both sockets live in the namespace given at construction and nowhere else.
 pyroute2 is always told ``flags=0`` so a mistyped namespace is an error, not a new empty
 namespace (its default is to create missing ones).
 
 Hazards: pyroute2 0.9 opens one socket per calling thread (forking a helper to enter the
-namespace); use one instance from one thread, as the agent's single reconciler loop does.
+namespace); the agent uses it from its single reconciler loop only. The raw socket has no such
+limit, but one instance serves one thread at a time (replies are matched by sequence number
+on one receive buffer).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, TypeVar
 
+from tortie.dataplane import rtnl_link
 from tortie.dataplane.netlink import (
     FdbEntry,
     Link,
@@ -30,7 +36,16 @@ from tortie.dataplane.netlink import (
     SingleRouteOps,
     VXLANAttrs,
 )
-from tortie.dataplane.netns import NetnsRef, netns_path
+from tortie.dataplane.netns import (
+    OWN_NETNS,
+    NetnsId,
+    NetnsRef,
+    ensure_sysctls,
+    netns_identity,
+    netns_path,
+    open_netns,
+    read_sysctls,
+)
 from tortie.dataplane.routes import KernelRoute, RouteOp
 from tortie.dataplane.rtnl import RtnlSocket
 
@@ -92,7 +107,65 @@ class Pyroute2Netlink(SingleRouteOps):
     def list_addrs(self, name: str) -> list[IPv4Interface]:
         return [addr for _index, addr in self._rtnl.dump_addrs(self._index(name))]
 
-    # -- link and address changes: pyroute2 ----------------------------------------------------
+    def get_link_by_index(self, index: int) -> Link | None:
+        return rtnl_link.get_link(self._rtnl, index)
+
+    def route_get(self, dst: IPv4Address) -> KernelRoute | None:
+        return rtnl_link.route_get(self._rtnl, dst)
+
+    def netnsid(self, netns_fd: int) -> int | None:
+        return rtnl_link.netnsid(self._rtnl, netns_fd)
+
+    # -- link and address changes: raw rtnetlink ----------------------------------------------
+
+    def create_veth(
+        self,
+        name: str,
+        peer: str,
+        *,
+        peer_netns: NetnsRef = None,
+        mtu: int | None = None,
+        mac: str | None = None,
+    ) -> None:
+        peer_path = netns_path(peer_netns)
+        fd = None if peer_path is None else os.open(peer_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            rtnl_link.create_veth(self._rtnl, name, peer, peer_netns_fd=fd, mtu=mtu, mac=mac)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def delete_link(self, name: str) -> None:
+        rtnl_link.delete_link(self._rtnl, self._index(name))
+
+    def delete_link_index(self, index: int) -> None:
+        rtnl_link.delete_link(self._rtnl, index)
+
+    def set_link(
+        self,
+        name: str,
+        *,
+        up: bool | None = None,
+        mtu: int | None = None,
+        arp: bool | None = None,
+    ) -> None:
+        rtnl_link.set_link(self._rtnl, self._index(name), up=up, mtu=mtu, arp=arp)
+
+    def add_addr(self, name: str, addr: IPv4Interface) -> None:
+        rtnl_link.change_addr(self._rtnl, self._index(name), addr, add=True)
+
+    def del_addr(self, name: str, addr: IPv4Interface) -> None:
+        rtnl_link.change_addr(self._rtnl, self._index(name), addr, add=False)
+
+    # -- sysctls: /proc/sys inside the namespace ------------------------------------------------
+
+    def read_sysctls(self, keys: Sequence[str]) -> dict[str, str]:
+        return read_sysctls(list(keys), self.netns)
+
+    def ensure_sysctls(self, values: Mapping[str, str], *, missing_ok: bool = False) -> list[str]:
+        return ensure_sysctls(values, self.netns, missing_ok=missing_ok)
+
+    # -- ipip devices: pyroute2 -----------------------------------------------------------------
 
     def _pyroute2(self) -> Any:  # pyroute2.IPRoute (untyped)
         if self._ipr is None:
@@ -119,62 +192,8 @@ class Pyroute2Netlink(SingleRouteOps):
             raise NetlinkError(errno.ENODEV, f"no such device: {name}")
         return link.index
 
-    def create_veth(
-        self, name: str, peer: str, *, peer_netns: NetnsRef = None, mtu: int | None = None
-    ) -> None:
-        peer_spec: dict[str, Any] = {"ifname": peer}
-        link_args: dict[str, Any] = {}
-        if mtu is not None:
-            peer_spec["mtu"] = mtu
-            link_args["mtu"] = mtu
-        peer_path = netns_path(peer_netns)
-        if peer_path is not None:
-            peer_spec["net_ns_fd"] = peer_path
-        self._call(
-            lambda ipr: ipr.link("add", ifname=name, kind="veth", peer=peer_spec, **link_args)
-        )
-
     def create_ipip(self, name: str) -> None:
         self._call(lambda ipr: ipr.link("add", ifname=name, kind="ipip"))
-
-    def delete_link(self, name: str) -> None:
-        index = self._index(name)
-        self._call(lambda ipr: ipr.link("del", index=index))
-
-    def set_link(
-        self,
-        name: str,
-        *,
-        up: bool | None = None,
-        mtu: int | None = None,
-        arp: bool | None = None,
-    ) -> None:
-        index = self._index(name)
-        changes: dict[str, Any] = {}
-        if mtu is not None:
-            changes["mtu"] = mtu
-        if arp is not None:
-            changes["arp"] = arp
-        if up is not None:
-            changes["state"] = "up" if up else "down"
-        if changes:
-            self._call(lambda ipr: ipr.link("set", index=index, **changes))
-
-    def add_addr(self, name: str, addr: IPv4Interface) -> None:
-        index = self._index(name)
-        self._call(
-            lambda ipr: ipr.addr(
-                "add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
-            )
-        )
-
-    def del_addr(self, name: str, addr: IPv4Interface) -> None:
-        index = self._index(name)
-        self._call(
-            lambda ipr: ipr.addr(
-                "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
-            )
-        )
 
     # -- vxlan, fdb, neighbours: pyroute2 (cold path: per node joining or leaving) ------------
 
@@ -292,3 +311,16 @@ class Pyroute2Netlink(SingleRouteOps):
     def del_neighbour(self, name: str, ip: IPv4Address) -> None:
         index = self._index(name)
         self._call(lambda ipr: ipr.neigh("del", ifindex=index, dst=str(ip)))
+
+
+class KernelNamespaces:
+    """This machine's network namespaces (:class:`~tortie.dataplane.netlink.Namespaces`)."""
+
+    def open(self, ns: NetnsRef) -> tuple[int, NetnsId]:
+        return open_netns(netns_path(ns) or OWN_NETNS)
+
+    def identity(self, ns: NetnsRef) -> NetnsId:
+        return netns_identity(ns)
+
+    def netlink(self, ns: NetnsRef) -> Pyroute2Netlink:
+        return Pyroute2Netlink(ns)

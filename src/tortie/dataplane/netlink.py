@@ -10,18 +10,25 @@ Errors are :class:`NetlinkError` carrying the kernel's errno (ENOENT, EEXIST, EN
 callers branch on errno, not on message text. Route writes go through :meth:`Netlink.route_batch`,
 which reports one result per op and never stops at the first failure (one bad route must not
 hold back ten thousand good ones).
+
+Several namespaces: work that spans namespaces (a pod's wiring: the node's and the pod's) goes
+through :class:`Namespaces`, which opens a namespace by path (refusing what is not a network
+namespace), tells namespaces apart by identity, and gives a :class:`Netlink` for each. A veth's
+two ends are tied by ifindex and netns id (:attr:`Link.peer_index`, :attr:`Link.peer_netnsid`,
+:meth:`Netlink.netnsid`), the facts docs/cni-namespaces.md relies on. Sysctls are per namespace
+too, so they are here (``/proc/sys`` read inside the namespace, :mod:`tortie.dataplane.netns`).
 """
 
 from __future__ import annotations
 
 import errno as errno_mod
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Protocol
 
-from tortie.dataplane.netns import NetnsRef
+from tortie.dataplane.netns import NetnsId, NetnsRef
 from tortie.dataplane.routes import KernelRoute, RouteOp
 
 
@@ -56,6 +63,11 @@ class Link:
     tx_packets: int = 0
     rx_dropped: int = 0
     tx_dropped: int = 0
+    # IFLA_LINK: a veth's peer's ifindex (in the peer's namespace), or a tunnel's lower device.
+    peer_index: int | None = None
+    # IFLA_LINK_NETNSID: the id this namespace has for the peer's namespace; None when the peer
+    # is in this namespace (or the kernel gave none). Ids are per namespace (Netlink.netnsid).
+    peer_netnsid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +121,21 @@ class Netlink(Protocol):
 
     def get_link(self, name: str) -> Link | None: ...
 
+    def get_link_by_index(self, index: int) -> Link | None:
+        """The interface ``index`` of this namespace (None: there is none)."""
+        ...
+
     def create_veth(
-        self, name: str, peer: str, *, peer_netns: NetnsRef = None, mtu: int | None = None
+        self,
+        name: str,
+        peer: str,
+        *,
+        peer_netns: NetnsRef = None,
+        mtu: int | None = None,
+        mac: str | None = None,
     ) -> None:
-        """A veth pair; ``peer`` is created straight into ``peer_netns`` when given."""
+        """A veth pair; ``peer`` is created straight into ``peer_netns`` when given (a path,
+        e.g. of an open namespace: /proc/self/fd/N); ``mac`` is ``name``'s."""
         ...
 
     def create_ipip(self, name: str) -> None:
@@ -120,6 +143,19 @@ class Netlink(Protocol):
         ...
 
     def delete_link(self, name: str) -> None: ...
+
+    def delete_link_index(self, index: int) -> None:
+        """Delete the interface ``index`` (ENODEV if it is gone): what was judged, not a name."""
+        ...
+
+    def route_get(self, dst: IPv4Address) -> KernelRoute | None:
+        """The route the kernel picks for ``dst`` (``ip route get``; None: unreachable)."""
+        ...
+
+    def netnsid(self, netns_fd: int) -> int | None:
+        """The id this namespace has for the namespace open as ``netns_fd`` (None: none yet,
+        so no interface here has a peer there). Compare with :attr:`Link.peer_netnsid`."""
+        ...
 
     def set_link(
         self,
@@ -185,7 +221,36 @@ class Netlink(Protocol):
 
     def del_addr(self, name: str, addr: IPv4Interface) -> None: ...
 
+    # Sysctls of this namespace, keys in path form ("net/ipv4/conf/cali1/proxy_arp").
+    def read_sysctls(self, keys: Sequence[str]) -> dict[str, str]:
+        """Current values; FileNotFoundError for a key that does not exist."""
+        ...
+
+    def ensure_sysctls(self, values: Mapping[str, str], *, missing_ok: bool = False) -> list[str]:
+        """Write each key whose value differs; return the keys written
+        (:func:`tortie.dataplane.netns.ensure_sysctls`)."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Namespaces(Protocol):
+    """The machine's network namespaces, for work that spans several (a pod's wiring)."""
+
+    def open(self, ns: NetnsRef) -> tuple[int, NetnsId]:
+        """Open ``ns`` (None: the calling thread's own): its fd (the caller closes it) and
+        identity. FileNotFoundError if nothing is there,
+        :class:`~tortie.dataplane.netns.NotANetnsError` if it is no network namespace."""
+        ...
+
+    def identity(self, ns: NetnsRef) -> NetnsId:
+        """Which namespace ``ns`` is (None: the calling thread's); OSError if it is gone."""
+        ...
+
+    def netlink(self, ns: NetnsRef) -> Netlink:
+        """A :class:`Netlink` acting in ``ns`` (None: the caller's); the caller closes it.
+        OSError if the namespace cannot be entered."""
+        ...
 
 
 class SingleRouteOps:

@@ -4,8 +4,11 @@ Problem: the agent must program 10,000 routes in <= 3 s and resync 10,000 unchan
 <= 1 s. pyroute2 0.9.7 measured here about 750 us per route write and 100 us per dumped route
 (7.5 s and 1 s for 10,000), so routes go through this module instead: writes are packed many
 to a datagram with one ack each (NETLINK_CAP_ACK keeps acks small), dumps are parsed with
-``struct`` only. It also dumps links and addresses (cheap, read-only). Link and address
-*changes* stay with pyroute2, which builds those nested messages well and is not on a hot path.
+``struct`` only. It also dumps links and addresses (cheap, read-only), and sends single
+acknowledged requests (:meth:`RtnlSocket.request`) whose messages
+:mod:`tortie.dataplane.rtnl_link` builds: a pod's veth, addresses, link flags, netns ids. The
+CNI server wires every pod with those (pyroute2 would fork a helper per namespace); vxlan, FDB
+and neighbour changes stay with pyroute2 (:mod:`tortie.dataplane.kernel_netlink`).
 
 Invariants: one socket per namespace, opened inside it (:mod:`tortie.dataplane.netns`); every
 write carries NLM_F_ACK and its own sequence number, so a batch yields exactly one result per
@@ -81,9 +84,11 @@ RT_SCOPE_NOWHERE = 255
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
+IFLA_LINK = 5
 IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 IFLA_STATS64 = 23
+IFLA_LINK_NETNSID = 37
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
 IFF_NOARP = 0x80
@@ -101,6 +106,7 @@ _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _NLA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
+_S32 = struct.Struct("=i")
 _STATS = struct.Struct("=8Q")  # first 8 counters of rtnl_link_stats64
 
 # Acks queued per datagram before we read them; each costs about 1 KiB of receive buffer.
@@ -275,6 +281,25 @@ class RtnlSocket:
                 parser.add(mtype, view, off, length)
                 return parser.links[0] if parser.links else None
 
+    def request(self, kind: int, body: bytes, flags: int = 0) -> list[tuple[int, bytes]]:
+        """Send one request (acknowledged: NLM_F_ACK) and return the messages that answer it,
+        as (type, body), once the kernel has acknowledged it; a refusal raises
+        :class:`NetlinkError` (:mod:`tortie.dataplane.rtnl_link` builds the bodies)."""
+        seq = next(self._seq)
+        flags |= NLM_F_REQUEST | NLM_F_ACK
+        self._sock.send(_HDR.pack(_HDR.size + len(body), kind, flags, seq, 0) + body)
+        answers: list[tuple[int, bytes]] = []
+        while True:
+            for mtype, mflags, mseq, view, off, length in self._messages():
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    error = _error_of(view, off, length, mflags)
+                    if error is not None:
+                        raise error
+                    return answers
+                answers.append((mtype, bytes(view[off : off + length])))
+
     def dump_addrs(self, index: int | None = None) -> list[tuple[int, IPv4Interface]]:
         """(ifindex, address) for every IPv4 address, or only those of ``index``."""
         parser = _AddrParser(index)
@@ -368,6 +393,7 @@ def decode_link(view: memoryview, off: int, length: int) -> tuple[Link, int]:
     mac = None
     kind_name = None
     stats = (0,) * 8
+    peer_index = peer_netnsid = None
     for kind, voff, vlen in _attrs(view, off + _IFINFO.size, off + length):
         if kind == IFLA_IFNAME:
             name = bytes(view[voff : voff + vlen]).rstrip(b"\0").decode()
@@ -381,6 +407,11 @@ def decode_link(view: memoryview, off: int, length: int) -> tuple[Link, int]:
                     kind_name = bytes(view[ioff : ioff + ilen]).rstrip(b"\0").decode()
         elif kind == IFLA_STATS64 and vlen >= _STATS.size:
             stats = _STATS.unpack_from(view, voff)
+        elif kind == IFLA_LINK and vlen == 4:
+            (peer_index,) = _U32.unpack_from(view, voff)
+        elif kind == IFLA_LINK_NETNSID and vlen == 4:
+            (nsid,) = _S32.unpack_from(view, voff)
+            peer_netnsid = nsid if nsid >= 0 else None
     link = Link(
         index=index,
         name=name,
@@ -394,6 +425,8 @@ def decode_link(view: memoryview, off: int, length: int) -> tuple[Link, int]:
         tx_packets=stats[1],
         rx_dropped=stats[6],
         tx_dropped=stats[7],
+        peer_index=peer_index,
+        peer_netnsid=peer_netnsid,
     )
     return link, flags
 

@@ -18,10 +18,10 @@ from cni_server_fakes import POD_MAC, FakeWiring, FlakyStore, fail_netns
 
 from tortie.agent.cniserver import NETWORK_ANNOTATION, CniServer, CniServerError
 from tortie.cni.client import call_agent
-from tortie.cni.spec import CniError
 from tortie.datastore.memory import MemoryDatastore
 from tortie.datastore.resources import ResourceStore
 from tortie.ipam.client import IPAM
+from tortie.model.cnierrors import CniError
 from tortie.model.cniwire import Attachment, CniRequest, CniResponse, Code
 from tortie.model.naming import host_ifname
 from tortie.model.resources import IPPool, WorkloadEndpoint

@@ -8,7 +8,7 @@ import pytest
 from cni_fakes import ADD_RESULT
 
 from tortie.cni import spec
-from tortie.cni.spec import CniError
+from tortie.model.cnierrors import CniError
 from tortie.model.cniwire import Code
 
 

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from tortie.cni import ipam_plugin, plugin
 from tortie.cni.invocation import MAX_STDIN, read_invocation, reported_version
-from tortie.cni.spec import SUPPORTED_VERSIONS, CniError
+from tortie.cni.spec import SUPPORTED_VERSIONS
+from tortie.model.cnierrors import CniError
 from tortie.model.cniwire import Code
 from tortie.model.nesting import MAX_DEPTH
 
