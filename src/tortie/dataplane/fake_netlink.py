@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -54,6 +55,13 @@ from tortie.dataplane.netns import NetnsId, NetnsRef
 from tortie.dataplane.routes import KernelRoute, RouteOp
 
 RouteKey = tuple[int, IPv4Network, int, int]
+_NSID_LOCK = threading.Lock()
+_MACS = itertools.count(1)  # veth MACs, unique across every fake namespace (as random ones are)
+
+
+def _fake_mac() -> str:
+    n = next(_MACS)
+    return f"02:00:{n >> 24 & 255:02x}:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}"
 
 
 def _key(route: KernelRoute) -> RouteKey:
@@ -100,7 +108,7 @@ class FakeNetlink(SingleRouteOps):
     def _fail(self, call: str) -> None:
         code = self.fail_calls.get(call)
         if code:
-            raise NetlinkError(code, f"{call} failed (test)")
+            raise NetlinkError(code)
 
     def _remove_link(self, name: str) -> None:
         """The interface goes, with its routes, addresses and sysctls, and its veth peer."""
@@ -119,7 +127,8 @@ class FakeNetlink(SingleRouteOps):
     def nsid_for(self, identity: NetnsId) -> int:
         """The id this namespace has for ``identity``, assigned on first use (as Linux assigns
         one when a veth pairs the two)."""
-        return self.nsids.setdefault(identity, len(self.nsids))
+        with _NSID_LOCK:  # the CNI server's request threads share the fake host
+            return self.nsids.setdefault(identity, len(self.nsids))
 
     def add_link(
         self, name: str, *, kind: str | None = "veth", up: bool = True, mtu: int = 1500
@@ -233,13 +242,13 @@ class FakeNetlink(SingleRouteOps):
             ours_nsid, theirs_nsid = self.nsid_for(other.identity), other.nsid_for(self.identity)
         self.links[name] = replace(
             ours,
-            mac=mac or f"02:00:00:00:{ours.index // 256 % 256:02x}:{ours.index % 256:02x}",
+            mac=mac or _fake_mac(),
             peer_index=theirs.index,
             peer_netnsid=ours_nsid,
         )
         other.links[peer] = replace(
             theirs,
-            mac=f"02:00:00:01:{theirs.index // 256 % 256:02x}:{theirs.index % 256:02x}",
+            mac=_fake_mac(),
             peer_index=ours.index,
             peer_netnsid=theirs_nsid,
         )

@@ -34,6 +34,7 @@ class FakeNamespaces:
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
         self._by_id: dict[NetnsId, FakeNetlink] = {}
+        self._unmounted: list[FakeNetlink] = []
         self.host_path = self.add("host")
         self.host = self.at(self.host_path)
 
@@ -52,8 +53,9 @@ class FakeNamespaces:
         return self._by_id[self._stat(path)]
 
     def unmount(self, path: str) -> None:
-        """``path`` stays, but is no namespace any more (an unmounted pin: an empty file)."""
-        self._destroy(self._stat(path))
+        """``path`` stays, but is no namespace any more (an unmounted pin: an empty file); the
+        namespace itself lives on while something uses it (its veths stay)."""
+        self._unmounted.append(self._by_id.pop(self._stat(path)))
 
     def remove(self, path: str) -> None:
         """The namespace and its path go (its veths go, taking their peers along)."""

@@ -257,18 +257,22 @@ class Wiring:
             self._create_veth(host, link, existing.host_index)
             self._configure_host(host, link)
             mac = self._configure_pod_side(pod, link)
-            with _step(f"route {link.ip}/32 to {link.host_ifname}"):
-                index = _index(host, link.host_ifname, "route to it")
-                host.replace_route(
-                    KernelRoute(
-                        IPv4Network(f"{link.ip}/32"),
-                        table=MAIN_TABLE,
-                        proto=RTPROT_BOOT,
-                        scope=Scope.LINK,
-                        oif=index,
-                    )
-                )
+            self._host_route(host, link)
         return mac
+
+    @staticmethod
+    def _host_route(host: Netlink, link: PodLink) -> None:
+        with _step(f"route {link.ip}/32 to {link.host_ifname}"):
+            index = _index(host, link.host_ifname, "route to it")
+            host.replace_route(
+                KernelRoute(
+                    IPv4Network(f"{link.ip}/32"),
+                    table=MAIN_TABLE,
+                    proto=RTPROT_BOOT,
+                    scope=Scope.LINK,
+                    oif=index,
+                )
+            )
 
     @staticmethod
     def _remove_pod_side(pod: Netlink, ifname: str, index: int) -> None:

@@ -206,7 +206,7 @@ def test_add_failing_after_the_wiring_is_undone(
         raise UnavailableError(lab.url, "disk on fire (test)")
 
     assert lab.server is not None
-    monkeypatch.setattr(lab.server.resources, "apply", down)
+    monkeypatch.setattr(lab.server.handler.endpoints.resources, "apply", down)
     ns = lab.netns("pu")
     out = lab.plugin("ADD", "cu", ns, "u")
     assert out.status == 1 and out.doc["code"] == Code.TRY_AGAIN_LATER

@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cni_lab import CniLab, cni_lab, ip_json, sh
 
-from tortie.agent.wiring import WiringError
+from tortie.dataplane.wiring import WiringError
 from tortie.model.cniwire import Code
 
 
@@ -112,8 +113,7 @@ def test_agent_in_the_node_refuses_proc_self(lab: CniLab) -> None:
     agent = subprocess.Popen(
         [
             *("ip", "netns", "exec", lab.node_ns, sys.executable),
-            *("-m", "tortie.agent.cniserver", "--node", "node-1", "--datastore", lab.url),
-            *("--socket", str(sock)),
+            *(str(Path(__file__).with_name("serve_cni.py")), "node-1", lab.url, str(sock)),
         ],
         env={**os.environ},
         stderr=subprocess.PIPE,
@@ -251,13 +251,13 @@ def _die_half_way(lab: CniLab, monkeypatch: pytest.MonkeyPatch, where: str) -> N
     """Make the next ADD stop where an agent killed at that point would: nothing undone."""
     server = lab.server
     assert server is not None
-    monkeypatch.setattr(server, "_undo_add", lambda *_: None)
+    monkeypatch.setattr(server.handler, "_undo_add", lambda *_: None)
     if where == "before the endpoint":
 
         def apply(*_: object) -> None:
             raise WiringError("write the endpoint", "agent killed (test)")
 
-        monkeypatch.setattr(server.resources, "apply", apply)
+        monkeypatch.setattr(server.handler.endpoints.resources, "apply", apply)
     else:
 
         def route(*_: object) -> None:

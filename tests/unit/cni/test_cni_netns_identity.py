@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tortie.agent.wiring import NetnsRefusedError, Wiring, WiringError
+from tortie.dataplane.kernel_netlink import KernelNamespaces
 from tortie.dataplane.netns import NotANetnsError, fd_path, netns_identity, open_netns
+from tortie.dataplane.wiring import NetnsGoneError, NetnsRefusedError, Wiring
+
+
+def _wiring() -> Wiring:
+    return Wiring(KernelNamespaces(), None)
 
 
 def test_identity_is_the_namespace_not_the_path() -> None:
@@ -42,26 +47,27 @@ def test_a_missing_path() -> None:
 @pytest.mark.parametrize("path", ["/proc/self/ns/net", "/proc/thread-self/ns/net", "pid"])
 def test_wiring_refuses_its_own_namespace(path: str) -> None:
     path = f"/proc/{os.getpid()}/ns/net" if path == "pid" else path
-    wiring = Wiring(None)
+    wiring = _wiring()
     with (
         pytest.raises(NetnsRefusedError, match="node's own network namespace"),
         wiring.open_pod_netns(path),
     ):
         pass
-    with pytest.raises(NetnsRefusedError), Wiring(None).open_pod_netns(path, gone_ok=True):
+    with pytest.raises(NetnsRefusedError), _wiring().open_pod_netns(path, gone_ok=True):
         pass  # DEL too
 
 
 def test_wiring_refuses_a_file_and_del_treats_it_as_gone(tmp_path: Path) -> None:
     pin = tmp_path / "unmounted-pin"
     pin.write_text("")
-    wiring = Wiring(None)
+    wiring = _wiring()
     with pytest.raises(NetnsRefusedError, match="not a network"), wiring.open_pod_netns(str(pin)):
         pass
-    with Wiring(None).open_pod_netns(str(pin), gone_ok=True) as ns:
+    with _wiring().open_pod_netns(str(pin), gone_ok=True) as ns:
         assert ns is None
-    with Wiring(None).open_pod_netns(str(tmp_path / "gone"), gone_ok=True) as ns:
+    with _wiring().open_pod_netns(str(tmp_path / "gone"), gone_ok=True) as ns:
         assert ns is None
-    with pytest.raises(WiringError) as err, Wiring(None).open_pod_netns(str(tmp_path / "gone")):
+    gone = str(tmp_path / "gone")
+    with pytest.raises(NetnsGoneError) as err, _wiring().open_pod_netns(gone):
         pass
     assert err.value.code == errno.ENOENT and not isinstance(err.value, NetnsRefusedError)
