@@ -9,10 +9,11 @@ What is timed (wall clock, as a runtime sees it: fork/exec of the plugin include
   pods per second = 10 / wall time of the round;
 - VERSION, which never leaves the plugin process: the floor set by interpreter start-up.
 
-The agent's server runs as its own process (``python -m tortie.agent.cniserver``), as it
-will inside ``tortie node run``, over SQLite. Targets (issue 4): ADD p50 <= 100 ms, ADD p99
-<= 250 ms, DEL p50 <= 60 ms, 10 concurrent ADDs all succeed; ``--check`` exits 1 if one is
-missed. Namespaces are named tt<hex>... and always deleted, with everything in them.
+The agent's server runs as its own process (``bench/cni_server.py``: the ``CniServer`` that
+``tortie node run`` embeds, without the rest of the agent), over SQLite. Targets (issue 4):
+ADD p50 <= 100 ms, ADD p99 <= 250 ms, DEL p50 <= 60 ms, 10 concurrent ADDs all succeed;
+``--check`` exits 1 if one is missed. Namespaces are named tt<hex>... and always deleted,
+with everything in them.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class Bench:
         install.install_executables(str(root / "bin"))
         self.socket = str(root / "cni.sock")
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "tortie.agent.cniserver", "--node", "bench-node",
-             "--datastore", self.url, "--socket", self.socket, "--host-netns", self.node],
+            [sys.executable, str(Path(__file__).with_name("cni_server.py")), "bench-node",
+             self.url, self.socket, self.node],
             stderr=subprocess.PIPE,
         )  # fmt: skip
         deadline = time.monotonic() + 30
