@@ -7,10 +7,14 @@ Modules, one job each (import the one you need: this package imports nothing on 
 the CNI plugin can use the stdlib-only helpers without paying for pyroute2):
 
 - ``routes``: RouteSpec (desired), KernelRoute (observed), RouteOp; DEFAULT_PROTO = 80.
-- ``netlink``: the Netlink protocol (the seam), Link, NetlinkError.
-- ``kernel_netlink``: Pyroute2Netlink(netns): the real kernel of one namespace; routes and
-  reads over ``rtnl`` (raw rtnetlink, batched), link/address changes over pyroute2 (lazy).
-- ``fake_netlink``: FakeNetlink, an in-memory kernel for unit tests.
+- ``netlink``: the Netlink and Namespaces protocols (the seam), Link, NetlinkError.
+- ``kernel_netlink``: Pyroute2Netlink(netns): the real kernel of one namespace; routes, reads,
+  links and addresses over ``rtnl`` / ``rtnl_link`` (raw rtnetlink), vxlan/FDB/neighbours over
+  pyroute2 (lazy); KernelNamespaces: this machine's namespaces.
+- ``fake_netlink``: FakeNetlink, an in-memory kernel for unit tests; ``fake_netns``:
+  FakeNamespaces, several of them tied by veths (pod wiring without root).
+- ``wiring``: Wiring, a pod's veth, addresses, routes and sysctls (the CNI server's kernel
+  side), and the rules of whose namespace and interface it is.
 - ``routetable``: RouteTable, Felix-style reconciler (deltas, mark-and-sweep, grace period).
 - ``ipip`` / ``ipip_kernel`` / ``ipip_bpf``: the IPIPBackend protocol, the ipip-module and
   tc-BPF backends; ``ipip_choice``: make_ipip_backend(auto|kernel|bpf) above them all.

@@ -16,4 +16,8 @@ you need (importing this package does no work):
 - :mod:`tortie.model.validation` - checks across resources (overlapping pools, ...).
 - :mod:`tortie.model.errors` - ModelError, ValidationError, SelectorError.
 - :mod:`tortie.model.fields` - scalar checks (names, AS numbers, durations, CIDRs).
+- :mod:`tortie.model.naming` - the ownership markers (``cali`` names, tunl0, route protocol 80,
+  ...): a storage format, defined once.
+- :mod:`tortie.model.cniwire` - the plugin-agent wire format; :mod:`tortie.model.cnierrors` -
+  CniError and the one mapping from error types to CNI codes.
 """
