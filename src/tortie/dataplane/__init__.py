@@ -14,7 +14,8 @@ the CNI plugin can use the stdlib-only helpers without paying for pyroute2):
 - ``fake_netlink``: FakeNetlink, an in-memory kernel for unit tests; ``fake_netns``:
   FakeNamespaces, several of them tied by veths (pod wiring without root).
 - ``wiring``: Wiring, a pod's veth, addresses, routes and sysctls (the CNI server's kernel
-  side), and the rules of whose namespace and interface it is.
+  side), and the rules of whose namespace and interface it is; ``wiring_check``: CNI CHECK's
+  comparison of a pod's kernel with what the wiring builds.
 - ``routetable``: RouteTable, Felix-style reconciler (deltas, mark-and-sweep, grace period).
 - ``ipip`` / ``ipip_kernel`` / ``ipip_bpf``: the IPIPBackend protocol, the ipip-module and
   tc-BPF backends; ``ipip_choice``: make_ipip_backend(auto|kernel|bpf) above them all.

@@ -59,6 +59,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from tortie.dataplane.netlink import Link, Namespaces, Netlink
 from tortie.dataplane.netns import NetnsId, NetnsRef, NotANetnsError, fd_path
 from tortie.dataplane.routes import MAIN_TABLE, KernelRoute, Scope
+from tortie.dataplane.wiring_check import check_host, check_pod_side, routes_to
 from tortie.dataplane.workload import workload_sysctls
 from tortie.errors import TortieError
 from tortie.model.naming import GATEWAY, HOST_MAC
@@ -360,7 +361,7 @@ class Wiring:
         """The device the host routes ``ip`` through (None: unreachable or no device)."""
         try:
             with self._host() as host, _step(f"route get {ip}"):
-                return _routes_to(host, ip)
+                return routes_to(host, ip)
         except WiringError:
             return None  # ENETUNREACH and friends: nothing routes it
 
@@ -368,11 +369,11 @@ class Wiring:
     def check(self, link: PodLink) -> list[str]:
         """What differs from what :meth:`attach` builds (empty: all as it should be)."""
         with self._host() as host, _step(f"inspect {link.host_ifname}"):
-            problems = _check_host(host, link)
+            problems = check_host(host, link.host_ifname, link.ip)
         if not os.path.exists(link.netns):
             return [*problems, f"the pod's network namespace {link.netns} does not exist"]
         with self._pod(link.netns) as pod, _step(f"inspect {link.ifname} in the pod"):
-            return problems + _check_pod_side(pod, link)
+            return problems + check_pod_side(pod, link.ifname, link.ip)
 
 
 def _index(netlink: Netlink, name: str, doing: str) -> int:
@@ -391,14 +392,6 @@ def _delete_index(netlink: Netlink, index: int) -> bool:
             return False
         raise
     return True
-
-
-def _routes_to(host: Netlink, ip: IPv4Address) -> str | None:
-    route = host.route_get(ip)
-    if route is None or route.oif is None:
-        return None
-    link = host.get_link_by_index(route.oif)
-    return None if link is None else link.name
 
 
 def _peer_name(found: Link, host_nsid: int | None, host: Netlink, pod_fd: int) -> str | None:
@@ -422,52 +415,3 @@ def _peer_name(found: Link, host_nsid: int | None, host: Netlink, pod_fd: int) -
     if peer is None or peer.peer_index != found.index or peer.peer_netnsid != pod_nsid:
         return None
     return peer.name
-
-
-def _check_host(host: Netlink, link: PodLink) -> list[str]:
-    name = link.host_ifname
-    found = host.get_link(name)
-    if found is None:
-        return [f"host interface {name} does not exist"]
-    out = []
-    if found.kind != "veth":
-        out.append(f"host interface {name} is a {found.kind}, not a veth")
-    if not found.up:
-        out.append(f"host interface {name} is down")
-    if (found.mac or "").lower() != HOST_MAC:
-        out.append(f"host interface {name} has MAC {found.mac}, not {HOST_MAC}")
-    wanted = workload_sysctls(name)
-    try:
-        have = host.read_sysctls(list(wanted))
-    except OSError as exc:
-        return [*out, f"cannot read sysctls of {name}: {exc}"]
-    out += [
-        f"{key.rsplit('/', 1)[1]} of {name} is {have[key]}, not {value}"
-        for key, value in wanted.items()
-        if have.get(key) != value
-    ]
-    try:
-        device = _routes_to(host, link.ip)
-    except OSError:
-        device = None
-    if device != name:
-        out.append(f"the host routes {link.ip} via {device or 'nothing'}, not {name}")
-    return out
-
-
-def _check_pod_side(pod: Netlink, link: PodLink) -> list[str]:
-    name = link.ifname
-    found = pod.get_link(name)
-    if found is None:
-        return [f"the pod has no interface {name}"]
-    out = []
-    if not found.up:
-        out.append(f"{name} in the pod is down")
-    if IPv4Interface(f"{link.ip}/32") not in pod.list_addrs(name):
-        out.append(f"{name} in the pod does not have {link.ip}/32")
-    routes = {(r.dst, r.gateway) for r in pod.dump_routes(table=MAIN_TABLE) if r.oif == found.index}
-    if (IPv4Network(f"{GATEWAY}/32"), None) not in routes:
-        out.append(f"the pod has no route {GATEWAY} dev {name} scope link")
-    if (IPv4Network("0.0.0.0/0"), _GATEWAY) not in routes:
-        out.append(f"the pod has no route default via {GATEWAY} dev {name}")
-    return out
