@@ -22,14 +22,16 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address
 from typing import Literal, Protocol
 
+from tortie.dataplane.errors import DataplaneError
 from tortie.dataplane.tunnel import TunnelAddr
 
 IPIP_OVERHEAD = 20
 BackendMode = Literal["auto", "kernel", "bpf"]
 
 
-class IPIPError(RuntimeError):
-    """The node cannot be set up for this backend (e.g. tunl0 exists as something else)."""
+class IPIPError(DataplaneError):
+    """The node cannot be set up for this backend (e.g. tunl0 exists as something else), or
+    the kernel refused a step of it (``errno``); ``retryable`` is False when a person must act."""
 
 
 class IPIPBackend(Protocol):

@@ -60,6 +60,7 @@ from typing import Literal
 
 from tortie.dataplane import bpffs, tc, tcx
 from tortie.dataplane.bpfsys import PinnedMap, prog_id
+from tortie.dataplane.errors import kernel_call
 from tortie.dataplane.ipip import IPIPError
 from tortie.dataplane.netlink import Link, Netlink
 from tortie.dataplane.netns import NetnsRef, ensure_sysctls
@@ -190,7 +191,8 @@ class BpfIPIP:
         elif link.kind != "veth":
             raise IPIPError(
                 f"{self.device} exists as {link.kind or 'a non-veth device'}: "
-                "not a bpf placeholder (use the kernel backend)"
+                "not a bpf placeholder (use the kernel backend)",
+                retryable=False,
             )
         for name in (self.device, self.peer):
             current = self.netlink.get_link(name)
@@ -247,7 +249,9 @@ class BpfIPIP:
                 continue
             found.append((obj, Pins(self.pin_dir / f"{BPF_PROGRAM_DIR_PREFIX}{digest}")))
         if not found:
-            raise IPIPError(f"BPF object {self.bpf_objects[0]} missing: run `make -C bpf`")
+            raise IPIPError(
+                f"BPF object {self.bpf_objects[0]} missing: run `make -C bpf`", retryable=False
+            )
         return found
 
     @staticmethod
@@ -266,7 +270,7 @@ class BpfIPIP:
         if loaded is not None:
             return loaded, []
         if shutil.which(self.bpftool) is None:
-            raise IPIPError(f"{self.bpftool} not found (Debian package bpftool)")
+            raise IPIPError(f"{self.bpftool} not found (Debian package bpftool)", retryable=False)
         refused: list[str] = []
         for obj, pins in candidates:
             if pins.dir.exists():
@@ -286,7 +290,7 @@ class BpfIPIP:
                 _unpin(pins.dir)
             reason = proc.stderr.strip()[-2000:] or "no output"
             refused.append(f"{' '.join(cmd)} failed: {reason}")
-        raise IPIPError("\n".join(refused))
+        raise IPIPError("\n".join(refused), retryable=False)  # the verifier's answer stands
 
     def _older_versions(self, current: Pins) -> list[Pins]:
         return [
@@ -343,19 +347,20 @@ class BpfIPIP:
         (pins lost, new object), they are then attached with the full allowlist already in
         place and no node's traffic is dropped meanwhile.
         """
-        changes = self._ensure_links(mtu)
-        changes += ensure_tunnel_address(self.netlink, self.device, tunnel_addr)
-        pins, loaded = self._ensure_loaded()
-        changes += loaded
-        # Maps first, programs second: an attached program never runs unconfigured.
-        changes += self._ensure_config(pins)
-        changes += self._sync_allowlist(pins)
-        for dev, direction, prog in self._hooks(pins):
-            changes += self._attach_program(dev, direction, prog)
-        self._swept = True
-        for old in self._older_versions(pins):
-            _unpin(old.dir)
-            changes.append(f"unpinned {old.dir.name}")
+        with kernel_call(f"IPIP (bpf) on {self.device}", IPIPError):
+            changes = self._ensure_links(mtu)
+            changes += ensure_tunnel_address(self.netlink, self.device, tunnel_addr)
+            pins, loaded = self._ensure_loaded()
+            changes += loaded
+            # Maps first, programs second: an attached program never runs unconfigured.
+            changes += self._ensure_config(pins)
+            changes += self._sync_allowlist(pins)
+            for dev, direction, prog in self._hooks(pins):
+                changes += self._attach_program(dev, direction, prog)
+            self._swept = True
+            for old in self._older_versions(pins):
+                _unpin(old.dir)
+                changes.append(f"unpinned {old.dir.name}")
         self._pins = pins
         if changes:
             log.info("bpf ipip on %s: %s", self.device, "; ".join(changes))
@@ -373,7 +378,8 @@ class BpfIPIP:
             if self.attach == "tcx" and not has_tcx:
                 raise IPIPError(
                     "bpf attach type tcx: this kernel has no tcx (Linux 6.6+); "
-                    "use --bpf-attach-type tc or auto"
+                    "use --bpf-attach-type tc or auto",
+                    retryable=False,
                 )
             self._attach_how = (
                 "tcx" if self.attach == "tcx" or (self.attach == "auto" and has_tcx) else "tc"
@@ -398,7 +404,7 @@ class BpfIPIP:
                     link_path, prog, link.index, direction, self.netns, dev=dev
                 )
             except tcx.TcxError as exc:
-                raise IPIPError(str(exc)) from exc
+                raise IPIPError(str(exc), errno=exc.errno, retryable=exc.retryable) from exc
             if change is not None:
                 changes.append(change)
             # A tc filter of ours from before (an agent that attached with tc): checked on the
@@ -419,25 +425,32 @@ class BpfIPIP:
         if self._pins is None:
             # Not set up yet: ensure_device writes the set before attaching anything.
             return []
-        return self._sync_allowlist(self._pins)
+        with kernel_call(f"IPIP (bpf) allowlist of {self.device}", IPIPError):
+            return self._sync_allowlist(self._pins)
 
     def known_nodes(self) -> set[IPv4Address]:
         """What the kernel's allowlist holds now."""
-        pins = self._pins or self._current_pins()
-        with PinnedMap(pins.map("ipip_allow")) as allow:
-            return {IPv4Address(key) for key in allow}
+        with kernel_call(f"IPIP (bpf) allowlist of {self.device}", IPIPError):
+            pins = self._pins or self._current_pins()
+            with PinnedMap(pins.map("ipip_allow")) as allow:
+                return {IPv4Address(key) for key in allow}
 
     def counters(self) -> dict[str, int]:
-        pins = self._pins or self._current_pins()
-        if not pins.complete():
-            return {}
-        with PinnedMap(pins.map("ipip_stats")) as stats:
-            return {
-                name: stats.sum_percpu_u64(struct.pack("=I", index))
-                for index, name in enumerate(COUNTERS)
-            }
+        with kernel_call(f"IPIP (bpf) counters of {self.device}", IPIPError):
+            pins = self._pins or self._current_pins()
+            if not pins.complete():
+                return {}
+            with PinnedMap(pins.map("ipip_stats")) as stats:
+                return {
+                    name: stats.sum_percpu_u64(struct.pack("=I", index))
+                    for index, name in enumerate(COUNTERS)
+                }
 
     def remove(self) -> list[str]:
+        with kernel_call(f"IPIP (bpf) removing {self.device}", IPIPError):
+            return self._remove()
+
+    def _remove(self) -> list[str]:
         changes = []
         if self.pin_dir.exists() and bpffs.is_bpffs(self.pin_dir):
             for link_path in sorted(self.pin_dir.glob(f"{TCX_LINK_PREFIX}*")):

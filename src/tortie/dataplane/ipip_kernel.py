@@ -36,7 +36,11 @@ class KernelIPIP:
         if link is None:
             raise IPIPError(f"{self.device} vanished")
         if link.kind != "ipip":
-            raise IPIPError(f"{self.device} exists as {link.kind}, not an ipip tunnel")
+            raise IPIPError(
+                f"{self.device} exists as {link.kind}, not an ipip tunnel: delete it, or use "
+                "--ipip-backend bpf",
+                retryable=False,
+            )
         return link
 
     def ensure_device(self, mtu: int, tunnel_addr: TunnelAddr = None) -> list[str]:

@@ -20,10 +20,11 @@ on one receive buffer).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, TypeVar
 
@@ -57,6 +58,18 @@ NUD_PERMANENT = 0x80
 NUD_UNRESOLVED = 0x01 | 0x20  # INCOMPLETE | FAILED: no usable lladdr
 NTF_SELF = 0x02
 AF_BRIDGE = 7
+
+
+@contextlib.contextmanager
+def _socket_errors(what: str) -> Iterator[None]:
+    """A socket-level failure (ENOBUFS on a dump, a closed socket) is a NetlinkError too: the
+    seam's callers see one error type (:mod:`tortie.dataplane.errors`)."""
+    try:
+        yield
+    except NetlinkError:
+        raise
+    except OSError as exc:
+        raise NetlinkError(exc.errno or errno.EIO, f"{what}: {exc.strerror or exc}") from exc
 
 
 class Pyroute2Netlink(SingleRouteOps):
@@ -93,19 +106,25 @@ class Pyroute2Netlink(SingleRouteOps):
     # -- routes and reads: raw rtnetlink ------------------------------------------------------
 
     def dump_routes(self, table: int | None = None, proto: int | None = None) -> list[KernelRoute]:
-        return self._rtnl.dump_routes(table, proto)
+        with _socket_errors("dump routes"):
+            return self._rtnl.dump_routes(table, proto)
 
     def route_batch(self, ops: Sequence[RouteOp]) -> list[NetlinkError | None]:
-        return self._rtnl.route_batch(ops)
+        with _socket_errors("write routes"):
+            return self._rtnl.route_batch(ops)
 
     def list_links(self) -> list[Link]:
-        return self._rtnl.dump_links()
+        with _socket_errors("dump links"):
+            return self._rtnl.dump_links()
 
     def get_link(self, name: str) -> Link | None:
-        return self._rtnl.get_link(name)
+        with _socket_errors(f"read link {name}"):
+            return self._rtnl.get_link(name)
 
     def list_addrs(self, name: str) -> list[IPv4Interface]:
-        return [addr for _index, addr in self._rtnl.dump_addrs(self._index(name))]
+        index = self._index(name)
+        with _socket_errors(f"dump addresses of {name}"):
+            return [addr for _index, addr in self._rtnl.dump_addrs(index)]
 
     def get_link_by_index(self, index: int) -> Link | None:
         return rtnl_link.get_link(self._rtnl, index)
@@ -181,13 +200,14 @@ class Pyroute2Netlink(SingleRouteOps):
             NetlinkError as Pyroute2Error,
         )
 
-        try:
-            return fn(self._pyroute2())
-        except Pyroute2Error as exc:
-            raise NetlinkError(exc.code, str(exc)) from exc
+        with _socket_errors("pyroute2"):
+            try:
+                return fn(self._pyroute2())
+            except Pyroute2Error as exc:
+                raise NetlinkError(exc.code, str(exc)) from exc
 
     def _index(self, name: str) -> int:
-        link = self._rtnl.get_link(name)
+        link = self.get_link(name)
         if link is None:
             raise NetlinkError(errno.ENODEV, f"no such device: {name}")
         return link.index
@@ -225,7 +245,7 @@ class Pyroute2Netlink(SingleRouteOps):
         self._call(lambda ipr: ipr.link("add", **spec))
 
     def get_vxlan(self, name: str) -> VXLANAttrs | None:
-        link = self._rtnl.get_link(name)
+        link = self.get_link(name)
         if link is None or link.kind != "vxlan":
             return None
         index = link.index

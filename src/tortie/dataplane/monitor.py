@@ -7,8 +7,10 @@ interface going down takes every IPv4 route through it away *without* an RTM_DEL
 kernel does not announce routes flushed with their device; docs/agent.md, "Why watch the
 kernel at all"). So: one netlink socket subscribed to the link, IPv4 address and IPv4 route groups
 of the namespace, read by one thread that reports :class:`KernelChanges`; the agent's loop
-turns them into targeted repairs (:meth:`tortie.agent.loop.NodeAgent.on_kernel_changes`).
-The facts say what changed, never what to do: deciding is the loop's job, which owns the state.
+hands them to its managers, which turn them into targeted repairs
+(:meth:`tortie.agent.loop.AgentLoop.on_kernel_changes`, each manager's ``on_kernel``).
+The facts say what changed, never what to do: deciding is the agent's job, which owns the
+state.
 
 How, and why:
 - The thread blocks in ``poll(2)`` on the socket and a wake-up pipe: no timeout, no polling,

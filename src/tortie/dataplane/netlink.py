@@ -6,10 +6,11 @@ root and without a kernel, and the kernel side must be swappable (pyroute2 + raw
 :mod:`tortie.dataplane.fake_netlink`).
 
 Invariants: implementations act on exactly one network namespace, chosen when they are built.
-Errors are :class:`NetlinkError` carrying the kernel's errno (ENOENT, EEXIST, ENODEV, ...), so
-callers branch on errno, not on message text. Route writes go through :meth:`Netlink.route_batch`,
-which reports one result per op and never stops at the first failure (one bad route must not
-hold back ten thousand good ones).
+Errors are :class:`NetlinkError` (a :class:`~tortie.dataplane.errors.DataplaneError`) carrying
+the kernel's errno (ENOENT, EEXIST, ENODEV, ...), so callers branch on errno, not on message
+text; a socket-level failure is one too, never a bare OSError. Route writes go through
+:meth:`Netlink.route_batch`, which reports one result per op and never stops at the first
+failure (one bad route must not hold back ten thousand good ones).
 
 Several namespaces: work that spans namespaces (a pod's wiring: the node's and the pod's) goes
 through :class:`Namespaces`, which opens a namespace by path (refusing what is not a network
@@ -28,15 +29,20 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Protocol
 
+from tortie.dataplane.errors import DataplaneError, retryable_errno
 from tortie.dataplane.netns import NetnsId, NetnsRef
 from tortie.dataplane.routes import KernelRoute, RouteOp
 
 
-class NetlinkError(OSError):
-    """A kernel refusal: ``errno`` is the kernel's code, ``strerror`` its (extended) message."""
+class NetlinkError(DataplaneError):
+    """A kernel refusal: ``errno`` is the kernel's code, ``strerror`` its (extended) message.
+
+    A :class:`~tortie.dataplane.errors.DataplaneError` (so an ``OSError`` too); ``str()`` reads
+    ``[Errno N] message`` as an OSError's does."""
 
     def __init__(self, code: int, message: str | None = None) -> None:
-        super().__init__(code, message or os.strerror(code))
+        OSError.__init__(self, code, message or os.strerror(code))
+        self.retryable = retryable_errno(code)
 
     @property
     def code(self) -> int:

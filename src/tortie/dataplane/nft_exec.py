@@ -23,6 +23,7 @@ is loaded at import time; the library is opened on first use.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import shlex
 import shutil
@@ -30,6 +31,7 @@ import subprocess
 import threading
 from typing import Any, Literal, Protocol
 
+from tortie.dataplane.errors import DataplaneError, kernel_call
 from tortie.dataplane.netns import NetnsRef, netns_path, run_in_netns
 
 ExecutorKind = Literal["auto", "lib", "cli"]
@@ -43,11 +45,15 @@ LIBNFTABLES = "libnftables.so.1"
 JsonObject = dict[str, Any]
 
 
-class NftError(RuntimeError):
+class NftError(DataplaneError):
     """nftables refused a script or a listing; the message is nft's own (with the line)."""
 
-    def __init__(self, message: str, script: str = "") -> None:
-        super().__init__(message.strip() or "nft failed without a message")
+    def __init__(
+        self, message: str, script: str = "", *, errno: int | None = None, retryable: bool = True
+    ) -> None:
+        super().__init__(
+            message.strip() or "nft failed without a message", errno=errno, retryable=retryable
+        )
         self.script = script
 
 
@@ -127,7 +133,8 @@ class LibNftables:
                 err = lib.nft_ctx_get_error_buffer(ctx) or b""
                 return rc, out, err
 
-            rc, out, err = run_in_netns(self.netns, work)
+            with kernel_call("libnftables", NftError):
+                rc, out, err = run_in_netns(self.netns, work)
         if rc != 0:
             raise NftError(err.decode(errors="replace"), text)
         return out.decode(errors="replace")
@@ -166,9 +173,14 @@ class NftCli:
             )
 
         try:
-            proc = run_in_netns(self.netns, work)
-        except FileNotFoundError as exc:
-            raise NftError(f"{self.binary} not found: apt-get install nftables") from exc
+            with kernel_call(self.binary, NftError):
+                proc = run_in_netns(self.netns, work)
+        except NftError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            raise NftError(
+                f"{self.binary} not found: apt-get install nftables", retryable=False
+            ) from exc
         if proc.returncode != 0:
             raise NftError(proc.stderr, stdin or " ".join(args))
         return proc.stdout
@@ -190,7 +202,11 @@ def make_executor(netns: NetnsRef = None, kind: ExecutorKind = "auto") -> NftExe
         return NftCli(netns)
     try:
         return LibNftables(netns)
+    except NftError:
+        raise
     except OSError as exc:  # the shared library is missing
         if kind == "lib":
-            raise NftError(f"{LIBNFTABLES}: {exc} (apt-get install libnftables1)") from exc
+            raise NftError(
+                f"{LIBNFTABLES}: {exc} (apt-get install libnftables1)", retryable=False
+            ) from exc
         return NftCli(netns)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tortie.dataplane.errors import DataplaneError, kernel_call
 from tortie.dataplane.netns import NetnsRef, run_in_netns
 
 TC_PREF = 100
@@ -37,8 +38,8 @@ TC_HANDLE = 1
 Direction = Literal["ingress", "egress"]
 
 
-class TcError(RuntimeError):
-    pass
+class TcError(DataplaneError):
+    """``tc`` refused a command (its stderr is the message)."""
 
 
 def tc(args: list[str], netns: NetnsRef = None) -> str:
@@ -47,7 +48,8 @@ def tc(args: list[str], netns: NetnsRef = None) -> str:
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(["tc", *args], capture_output=True, text=True, check=False)
 
-    proc = run_in_netns(netns, run)
+    with kernel_call(f"tc {' '.join(args)}", TcError):
+        proc = run_in_netns(netns, run)
     if proc.returncode != 0:
         raise TcError(f"tc {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
     return proc.stdout

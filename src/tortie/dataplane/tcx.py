@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from tortie.dataplane import bpfsys
+from tortie.dataplane.errors import DataplaneError
 from tortie.dataplane.netns import NetnsRef, netns_path, run_in_netns
 
 Direction = Literal["ingress", "egress"]
@@ -60,8 +61,8 @@ ATTACH_TYPE: dict[Direction, int] = {"ingress": BPF_TCX_INGRESS, "egress": BPF_T
 QUERY_MAX = 64  # programs per hook we list; more is not a tortie node
 
 
-class TcxError(RuntimeError):
-    pass
+class TcxError(DataplaneError):
+    """The kernel refused a tcx query, attachment or pin (``errno`` is its code)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,9 @@ def query(ifindex: int, direction: Direction, netns: NetnsRef = None) -> list[At
     try:
         run_in_netns(netns, run)
     except OSError as exc:
-        raise TcxError(_why(exc, f"query tcx {direction} of ifindex {ifindex}")) from exc
+        raise TcxError(
+            _why(exc, f"query tcx {direction} of ifindex {ifindex}"), errno=exc.errno
+        ) from exc
     count = struct.unpack_from("=I", attr, 24)[0]
     return [Attached(prog_ids[i], link_ids[i]) for i in range(min(count, QUERY_MAX))]
 
@@ -212,7 +215,7 @@ def _ensure_link(
     except FileNotFoundError:
         fd = -1
     except OSError as exc:
-        raise TcxError(_why(exc, f"open the link pinned at {link_path}")) from exc
+        raise TcxError(_why(exc, f"open the link pinned at {link_path}"), errno=exc.errno) from exc
     if fd >= 0:
         try:
             info = link_info(fd)
@@ -224,19 +227,21 @@ def _ensure_link(
                 return f"swapped program {info.prog_id} -> {want} on {what} (tcx link)"
             _detach(fd)  # defunct, or another device's: this pin is ours to replace
         except OSError as exc:
-            raise TcxError(_why(exc, f"update the link pinned at {link_path}")) from exc
+            raise TcxError(
+                _why(exc, f"update the link pinned at {link_path}"), errno=exc.errno
+            ) from exc
         finally:
             os.close(fd)
         os.unlink(link_path)
     try:
         new = _create(prog_fd, ifindex, direction, netns)
     except OSError as exc:
-        raise TcxError(_why(exc, f"attach {name} to {what}")) from exc
+        raise TcxError(_why(exc, f"attach {name} to {what}"), errno=exc.errno) from exc
     try:
         bpfsys.obj_pin(new, link_path)
     except OSError as exc:
         _detach(new)
-        raise TcxError(_why(exc, f"pin the link at {link_path}")) from exc
+        raise TcxError(_why(exc, f"pin the link at {link_path}"), errno=exc.errno) from exc
     finally:
         os.close(new)
     return f"attached {name} to {what} (tcx link)"

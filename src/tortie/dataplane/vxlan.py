@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from tortie.dataplane.errors import DataplaneError
 from tortie.dataplane.netlink import Link, Netlink, NetlinkError, VXLANAttrs
 from tortie.dataplane.tunnel import TunnelAddr, ensure_tunnel_address
 from tortie.model.naming import VXLAN_DEVICE
@@ -57,14 +58,21 @@ VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-class VXLANError(RuntimeError):
+class VXLANError(DataplaneError):
     """The node cannot be set up (device name taken, uplink missing) or some entries failed.
 
     ``changes`` lists what was done before the failure (the kernel keeps it).
     """
 
-    def __init__(self, message: str, changes: list[str] | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        changes: list[str] | None = None,
+        *,
+        errno: int | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message, errno=errno, retryable=retryable)
         self.changes = changes or []
 
 
@@ -148,7 +156,10 @@ class VXLANManager:
         changes: list[str] = []
         link = self.netlink.get_link(self.device)
         if link is not None and link.kind != "vxlan":
-            raise VXLANError(f"{self.device} exists as {link.kind or 'a non-vxlan device'}")
+            raise VXLANError(
+                f"{self.device} exists as {link.kind or 'a non-vxlan device'}: delete it",
+                retryable=False,
+            )
         if link is not None:
             have = self.netlink.get_vxlan(self.device)
             if have is None:
@@ -191,7 +202,9 @@ class VXLANManager:
             try:
                 changes += self._apply(self._desired)
             except VXLANError as exc:
-                raise VXLANError(str(exc), changes + exc.changes) from exc
+                raise VXLANError(
+                    str(exc), changes + exc.changes, errno=exc.errno, retryable=exc.retryable
+                ) from exc
         return changes
 
     def mac(self) -> str | None:

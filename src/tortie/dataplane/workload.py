@@ -22,8 +22,19 @@ Stdlib only, and cheap to import: the CNI plugin uses this on its per-pod fast p
 
 from __future__ import annotations
 
+import errno
+
+from tortie.dataplane.errors import DataplaneError, kernel_call
 from tortie.dataplane.netlink import Netlink
 from tortie.dataplane.netns import NetnsRef, ensure_sysctls
+
+
+class NoInterfaceError(DataplaneError, FileNotFoundError):
+    """The workload interface is not there (a pod deleted meanwhile): errno ENOENT."""
+
+    def __init__(self, ifname: str) -> None:
+        super().__init__(f"no interface {ifname}", errno=errno.ENOENT)
+        self.ifname = ifname
 
 
 def workload_sysctls(ifname: str, *, allow_spoofing: bool = False) -> dict[str, str]:
@@ -48,17 +59,23 @@ def configure_workload_interface(
     """Re-assert the host side of a workload interface; return what changed.
 
     Sysctls always; MTU and admin-up too when ``netlink`` is given (for ``netns``'s kernel).
-    Raises FileNotFoundError if the interface does not exist (its sysctl directory is missing).
+    Raises :class:`~tortie.dataplane.errors.DataplaneError` (an OSError) for what the kernel
+    refused; ``errno`` ENOENT when the interface does not exist (its sysctl directory is
+    missing: a pod deleted meanwhile).
     """
     wanted = workload_sysctls(ifname, allow_spoofing=allow_spoofing)
-    changes = [
-        f"{key.rsplit('/', 1)[1]}={wanted[key]} on {ifname}"
-        for key in ensure_sysctls(wanted, netns)
-    ]
+    try:
+        with kernel_call(f"workload interface {ifname}: sysctls"):
+            written = ensure_sysctls(wanted, netns)
+    except DataplaneError as exc:
+        if exc.errno == errno.ENOENT:
+            raise NoInterfaceError(ifname) from exc
+        raise
+    changes = [f"{key.rsplit('/', 1)[1]}={wanted[key]} on {ifname}" for key in written]
     if netlink is not None:
         link = netlink.get_link(ifname)
         if link is None:
-            raise FileNotFoundError(f"no interface {ifname}")
+            raise NoInterfaceError(ifname)
         if mtu is not None and link.mtu != mtu:
             netlink.set_link(ifname, mtu=mtu)
             changes.append(f"{ifname} mtu {link.mtu} -> {mtu}")
