@@ -1,16 +1,19 @@
 """``tortie node run``: assemble the agent from its parts and run it until told to stop.
 
-Problem: the reconciler (:mod:`tortie.agent.loop`) is built from injected parts so it can be
-unit-tested; a real node needs the real ones: the datastore (waited for, not crashed on),
-the kernel of the network namespace the process runs in, the IPIP backend chosen for this
-kernel, the health endpoints, and signal handling.
+Problem: the agent (:mod:`tortie.agent.node`: the loop and its managers) is built from
+injected parts so it can be unit-tested; a real node needs the real ones: the datastore
+(waited for, not crashed on), the kernel of the network namespace the process runs in, the
+IPIP backend chosen for this kernel, the health endpoints, and signal handling.
 
 Invariants: SIGTERM/SIGINT stop the loop and leave the dataplane in place (routes, tunl0, BPF
 programs stay: pods keep talking while the agent restarts); the status file in the node's
 state directory says whether the agent is running and what it chose, for
 ``tortie node status`` and the lab, from the start: while it waits (for the datastore to
 open, to be the store this node knows, or for its registration to succeed) its ``detail``
-says what it waits for, and every wait retries with backoff instead of exiting.
+says what it waits for, and every wait retries with backoff instead of exiting. A programming
+error out of the loop (:mod:`tortie.agent.loop`, "Errors") is logged with its traceback and
+the process exits with ``EXIT_SOFTWARE`` (70); the dataplane stays as it is (fail static) and
+the next start's resync repairs.
 
 Creating the datastore (docs/datastore.md): the agent's first start creates the store if it is
 missing, and only then: a node whose state directory records a datastore
@@ -36,7 +39,7 @@ from tortie.agent.bgp_driver import BgpDriver
 from tortie.agent.cniserver import CniServer
 from tortie.agent.config import AgentConfig, AgentConfigError, detect_address
 from tortie.agent.health import HealthBoard, serve
-from tortie.agent.loop import NodeAgent
+from tortie.agent.node import NodeAgent
 from tortie.agent.trust import DatastoreGuard, record_path
 from tortie.dataplane.ipip import IPIPBackend
 from tortie.dataplane.ipip_choice import make_ipip_backend
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 
 
 MAX_BACKOFF = 10.0
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an internal software error
 
 
 def open_store_waiting(
@@ -235,8 +239,17 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     status_thread.start()
     if monitor is not None:
         monitor.start(agent.on_kernel_changes)
+    status = 0
     try:
         agent.run(stop)
+    except Exception:
+        # Not a kernel or datastore failure (those are retried in the loop): a bug, which no
+        # retry cures. Fail static: exit with the dataplane as it is; a restart resyncs.
+        log.exception(
+            "the agent loop failed (a bug: please report it); exiting with the dataplane "
+            "left as it is, the next start re-reads the kernel and repairs"
+        )
+        status = EXIT_SOFTWARE
     finally:
         if monitor is not None:
             monitor.stop()
@@ -254,7 +267,7 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         store.close()
         netlink.close()
     log.info("agent stopped; the dataplane stays as it is")
-    return 0
+    return status
 
 
 def _kernel_monitor(

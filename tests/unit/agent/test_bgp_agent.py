@@ -11,7 +11,7 @@ from test_loop import FakeBackend, Harness
 
 from tortie.agent.bgp_driver import BgpDriver
 from tortie.agent.config import AgentConfig, NodeAddress
-from tortie.agent.loop import NodeAgent
+from tortie.agent.node import NodeAgent
 from tortie.bgp.liveness import Liveness
 from tortie.bgp.types import LearnedRoute, PeerStatus, SpeakerConfig, SpeakerEvent
 from tortie.datastore.syncer import Update

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tortie.agent.config import AgentConfig, NodeAddress
-from tortie.agent.loop import NodeAgent
+from tortie.agent.node import NodeAgent
 from tortie.agent.registration import register_node
 from tortie.dataplane.fake_netlink import FakeNetlink
 from tortie.dataplane.netlink import Link
@@ -408,11 +408,11 @@ def test_firewall_sets_follow_the_cluster(h: Harness) -> None:
 def test_links_are_dumped_only_while_a_workload_interface_waits(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tortie.agent import loop
+    from tortie.agent.managers import workloads
 
     configured: list[str] = []
     monkeypatch.setattr(
-        loop, "configure_workload_interface", lambda name: configured.append(name) or []
+        workloads, "configure_workload_interface", lambda name: configured.append(name) or []
     )
     dumps: list[int] = []
     real_list_links = h.kernel.list_links
@@ -449,18 +449,18 @@ def test_an_endpoint_on_a_foreign_interface_is_ignored(
 ) -> None:
     """Issue 17 item 7: an endpoint applied by hand with interfaceName eth0 (the node's uplink)
     gets no /32 on it, no anti-spoofing entry, no workload sysctls; it is reported, once."""
-    from tortie.agent import loop
+    from tortie.agent.managers import workloads
 
     configured: list[str] = []
     monkeypatch.setattr(
-        loop, "configure_workload_interface", lambda name: configured.append(name) or []
+        workloads, "configure_workload_interface", lambda name: configured.append(name) or []
     )
     h.set_mode("Always")
     h.res.apply(load_documents(WEP_DOC, "wep.yaml"))
     h.kernel.add_link("cali1234567890a")
     bad = WEP_DOC.replace("pod1", "pod2").replace("cali1234567890a", "eth0")
     h.res.apply(load_documents(bad.replace("10.244.3.7", "10.244.3.8"), "bad.yaml"))
-    with caplog.at_level("WARNING", logger="tortie.agent.loop"):
+    with caplog.at_level("WARNING", logger="tortie.agent.managers.workloads"):
         h.sync()
         for _ in range(3):
             h.agent.state.dirty = True

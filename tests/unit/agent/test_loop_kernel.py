@@ -182,12 +182,12 @@ def test_recreated_workload_interface_is_configured_again(
 ) -> None:
     from test_loop import WEP_DOC
 
-    from tortie.agent import loop
+    from tortie.agent.managers import workloads
     from tortie.model.loader import load_documents
 
     configured: list[str] = []
     monkeypatch.setattr(
-        loop, "configure_workload_interface", lambda name: configured.append(name) or []
+        workloads, "configure_workload_interface", lambda name: configured.append(name) or []
     )
     h.set_mode("Always")
     h.res.apply(load_documents(WEP_DOC, "wep.yaml"))
