@@ -251,7 +251,7 @@ def churn(cluster: Cluster, peak: int, keep: int, batch: int, seed: int) -> None
 
 
 def route_counts(cluster: Cluster) -> list[RouteCount]:
-    """Every node's routes by the agent's calculation (as ``tortie.agent.loop`` feeds it)."""
+    """Every node's routes by the agent's calculation (as its routes manager feeds it)."""
     from tortie.agent.desired import LocalNode, PoolInfo, RemotePrefix, Workload, compute_routes
 
     start = time.perf_counter()
