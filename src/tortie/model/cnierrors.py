@@ -42,6 +42,9 @@ CODES: dict[str, tuple[int, str]] = {
     "tortie.dataplane.wiring.NetnsGoneError": (Code.UNKNOWN_CONTAINER, ""),
     "tortie.dataplane.wiring.InterfaceTakenError": (Code.INTERFACE_EXISTS, ""),
     "tortie.dataplane.wiring.WiringError": (Code.KERNEL_FAILURE, "the kernel refused: "),
+    # Any other dataplane failure (a NetlinkError, a sysctl, nft): also an OSError, so it must
+    # be named before builtins.OSError, or the kernel's refusal reads as "I/O failure".
+    "tortie.dataplane.errors.DataplaneError": (Code.KERNEL_FAILURE, "the kernel refused: "),
     # IPAM.
     "tortie.ipam.errors.ExhaustedError": _NO_ADDRESS,
     "tortie.ipam.errors.NoPoolsError": _NO_ADDRESS,

@@ -8,6 +8,7 @@ import importlib
 import pytest
 
 from tortie.cni import ipam_plugin
+from tortie.dataplane.netlink import NetlinkError
 from tortie.dataplane.wiring import (
     InterfaceTakenError,
     NetnsGoneError,
@@ -47,6 +48,7 @@ def _ipam(cls: type[Exception]) -> Exception:
         (NetnsGoneError("open", "gone", errno.ENOENT), Code.UNKNOWN_CONTAINER),
         (InterfaceTakenError("create", "taken", errno.EEXIST), Code.INTERFACE_EXISTS),
         (WiringError("set up", "refused", errno.EPERM), Code.KERNEL_FAILURE),
+        (NetlinkError(errno.EPERM), Code.KERNEL_FAILURE),  # a DataplaneError, also an OSError
         (UnavailableError("sqlite:///x", "down"), Code.TRY_AGAIN_LATER),
         (DatastoreMissingError("sqlite:///x", "missing"), Code.TRY_AGAIN_LATER),
         (ValidationError("bad pod name"), Code.INVALID_ENVIRONMENT),
