@@ -31,6 +31,7 @@ from tortie.dataplane.errors import DataplaneError
 from tortie.dataplane.ipip import IPIP_OVERHEAD, IPIPBackend
 from tortie.dataplane.monitor import KernelChanges
 from tortie.dataplane.netlink import Netlink
+from tortie.model.naming import TUNNEL_DEVICE
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class TunnelManager(BaseManager):
         try:
             self._apply()
         except DataplaneError as err:
-            result.fail("tunl0", f"tunnel device: {err}", err)
+            result.fail(TUNNEL_DEVICE, f"tunnel device: {err}", err)
         return result
 
     def _apply(self) -> None:

@@ -28,6 +28,7 @@ from tortie.dataplane.errors import DataplaneError
 from tortie.dataplane.monitor import KernelChanges
 from tortie.dataplane.netlink import Netlink
 from tortie.dataplane.vxlan import VXLAN_OVERHEAD, RemoteVTEP
+from tortie.model.naming import VXLAN_DEVICE
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,14 @@ class VxlanManager(BaseManager):
         result = Result()
         if self._wanted and self.driver is None and self._factory is None:
             result.fail(
-                "vxlan.calico",
+                VXLAN_DEVICE,
                 "vxlan device: a pool uses VXLAN but this agent has no VXLAN manager",
             )
             return result
         try:
             self._apply()
         except DataplaneError as err:
-            result.fail("vxlan.calico", f"vxlan device: {err}", err)
+            result.fail(VXLAN_DEVICE, f"vxlan device: {err}", err)
         return result
 
     def _apply(self) -> None:
